@@ -1,0 +1,62 @@
+"""U-Net families (``UNet2DConditionModel``): Stable Diffusion 1.x/2.x, SDXL, DeepFloyd IF stage I.
+
+Sites:
+  - SD / SDXL: every ``attn2`` (cross-attention) of the transformer blocks; the text enters through
+    ``to_k`` / ``to_v``, which are patched.
+  - DeepFloyd IF: the ``SimpleCrossAttn`` attentions read the text through ``add_k_proj`` /
+    ``add_v_proj`` (concatenated to the image tokens' own keys/values). The donor's text passes the
+    U-Net's ``encoder_hid_proj`` exactly like the base's, because it is patched from an in-batch row.
+
+What is not patched: SDXL's pooled text embedding (and IF's pooled text-time embedding) feed the time
+embedding, not a site; they stay on the base prompt, so a site's effect is what flows through its
+cross-attention alone.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from torch import nn
+
+from multiloc.adapter import Adapter, Conditioning
+from multiloc.sites import SiteRule
+
+
+def _attention(module: nn.Module) -> bool:
+    return hasattr(module, "is_cross_attention") and hasattr(module, "added_kv_proj_dim")
+
+
+def is_cross_attn(name: str, module: nn.Module) -> bool:
+    return _attention(module) and module.is_cross_attention and module.added_kv_proj_dim is None
+
+
+def is_added_kv_attn(name: str, module: nn.Module) -> bool:
+    return _attention(module) and module.added_kv_proj_dim is not None
+
+
+# encode_prompt returns 2 tensors (SD, IF) or 4 (SDXL: + pooled); these are the call's kwargs.
+_ENCODED = {
+    2: ("prompt_embeds", "negative_prompt_embeds"),
+    4: ("prompt_embeds", "negative_prompt_embeds", "pooled_prompt_embeds", "negative_pooled_prompt_embeds"),
+}
+
+
+class UNetAdapter(Adapter):
+    name = "unet"
+    modality = "image"
+    denoiser_attr = "unet"
+    denoiser_classes = ("UNet2DConditionModel",)
+    block_order = ("down_blocks", "mid_block", "up_blocks")
+    site_rules = (
+        SiteRule(kind="cross_attn", where=is_cross_attn, taps=("to_k", "to_v")),
+        SiteRule(kind="cross_attn", where=is_added_kv_attn, taps=("add_k_proj", "add_v_proj")),
+    )
+    defaults = {"steps": 50, "guidance": 7.5}
+
+    def encode(self, pipe: Any, prompts: Sequence[str], device: torch.device) -> Conditioning:
+        # negative_prompt=None keeps each pipeline's own default ("" for SD/IF, zeros for SDXL).
+        out = pipe.encode_prompt(prompt=list(prompts), device=device, num_images_per_prompt=1,
+                                 do_classifier_free_guidance=True, negative_prompt=None)
+        return dict(zip(_ENCODED[len(out)], out))

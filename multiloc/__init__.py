@@ -1,0 +1,25 @@
+"""multiloc: find the few layers of a generative model that control a concept, and use them.
+
+Example::
+
+    import multiloc
+    model = multiloc.load("tiny-sd")
+    result = multiloc.scan(model, "colour", seeds=2, steps=10)
+    print(result.table())
+"""
+
+from .concepts import Concept, Pair
+from .errors import UserError
+from .interventions import Patch, StepWindow
+from .localize import scan
+from .model import Model, load
+from .registry import register_adapter
+from .results import Result
+from .scorers import Scorer, get_scorer, register_scorer
+from .sites import Site
+
+__all__ = [
+    "Concept", "Model", "Pair", "Patch", "Result", "Scorer", "Site", "StepWindow", "UserError",
+    "get_scorer", "load", "register_adapter", "register_scorer", "scan",
+]
+__version__ = "0.1.0"

@@ -1,0 +1,90 @@
+"""The adapter contract: how multiloc talks to one model family.
+
+An adapter is a short declaration. The base class :class:`Adapter` implements what every
+diffusers family shares; a concrete adapter sets class attributes (which denoiser classes it
+handles, its site table, its defaults) and overrides :meth:`Adapter.encode` (how the family turns
+prompts into the pipeline's embedding arguments) and, when the pipeline's call differs from the
+common one, :meth:`Adapter.pipeline_kwargs`.
+
+Example (a third-party family, registered under the entry-point group ``multiloc.adapters``)::
+
+    class MyAdapter(Adapter):
+        name = "my-family"
+        denoiser_attr = "transformer"
+        denoiser_classes = ("MyTransformer2DModel",)
+        site_rules = (SiteRule(kind="cross_attn", where=is_attn2, taps=("to_k", "to_v")),)
+
+        def encode(self, pipe, prompts, device):
+            pe, npe = pipe.encode_prompt(prompts, device=device, negative_prompt=[""] * len(prompts))
+            return {"prompt_embeds": pe, "negative_prompt_embeds": npe}
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any, ClassVar
+
+import numpy as np
+import torch
+from torch import nn
+
+from .sites import Site, SiteRule, find_sites
+
+Conditioning = dict[str, torch.Tensor]
+"""Pipeline keyword arguments holding embeddings, each indexed by prompt along dim 0."""
+
+
+class Adapter:
+    """Base class of model-family adapters (see the module docstring)."""
+
+    name: ClassVar[str] = ""
+    modality: ClassVar[str] = "image"
+    denoiser_attr: ClassVar[str] = "unet"
+    denoiser_classes: ClassVar[tuple[str, ...]] = ()
+    site_rules: ClassVar[tuple[SiteRule, ...]] = ()
+    block_order: ClassVar[tuple[str, ...]] = ()
+    calls_per_step: ClassVar[int] = 1
+    # Family defaults; a registry entry overrides them with the settings its paper used.
+    defaults: ClassVar[dict[str, Any]] = {"steps": 50, "guidance": 7.5}
+
+    # --- what a family declares -------------------------------------------------------------
+    def encode(self, pipe: Any, prompts: Sequence[str], device: torch.device) -> Conditioning:
+        """Encode ``prompts`` (with empty negative prompts) into the pipeline's embedding kwargs."""
+        raise NotImplementedError
+
+    def pipeline_kwargs(self, pipe: Any, settings: dict[str, Any]) -> dict[str, Any]:
+        """Extra keyword arguments for the pipeline call (size, audio length ...)."""
+        return {k: settings[k] for k in ("height", "width") if settings.get(k)}
+
+    # --- shared machinery -------------------------------------------------------------------
+    def handles(self, pipe: Any) -> bool:
+        """Whether ``pipe``'s denoiser is one of this family's classes (subclasses count)."""
+        denoiser = getattr(pipe, self.denoiser_attr, None)
+        return denoiser is not None and any(
+            c.__name__ in self.denoiser_classes for c in type(denoiser).__mro__)
+
+    def denoiser(self, pipe: Any) -> nn.Module:
+        return getattr(pipe, self.denoiser_attr)
+
+    def sites(self, denoiser: nn.Module) -> list[Site]:
+        """The family's sites in execution order."""
+        return find_sites(denoiser, self.site_rules, self.block_order)
+
+    def generate(self, pipe: Any, cond: Conditioning, *, seed: int, steps: int, guidance: float,
+                 settings: dict[str, Any]) -> list[np.ndarray]:
+        """Run the pipeline on a batch of rows; every row starts from the noise of ``seed``.
+
+        One generator per row, all seeded alike: each row draws the same noise whatever the batch
+        size, so base, donor and patched rows share latents and a sweep batched any way gives the
+        same outputs.
+        """
+        n = next(iter(cond.values())).shape[0]
+        generators = [torch.Generator("cpu").manual_seed(seed) for _ in range(n)]
+        out = pipe(**cond, generator=generators, num_inference_steps=steps, guidance_scale=guidance,
+                   output_type="np", **self.pipeline_kwargs(pipe, settings))
+        return self.outputs(out)
+
+    def outputs(self, pipeline_output: Any) -> list[np.ndarray]:
+        """Turn the pipeline's output into one array per row."""
+        images = pipeline_output.images
+        return [np.asarray(img, dtype=np.float32) for img in images]

@@ -1,0 +1,203 @@
+"""The ``multiloc`` command line: ``models``, ``sites``, ``scan``.
+
+Errors a user can cause print one line on stderr and exit with code 2 (never a traceback).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, NoReturn
+
+from .errors import UserError
+
+DTYPES = ("auto", "float32", "float16", "bfloat16")
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with one-line errors (usage stays behind ``--help``)."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
+
+
+def _positive(name: str):
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{name} must be a whole number, got {text!r}") from None
+        if value < 1:
+            raise argparse.ArgumentTypeError(f"{name} must be at least 1, got {value}")
+        return value
+    return parse
+
+
+def resolve_device(text: str | None) -> Any:
+    """A torch device from the user's text; unknown or unavailable devices are a UserError."""
+    import torch
+
+    if text is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(text)
+    except (RuntimeError, ValueError):
+        raise UserError(f"unknown device {text!r}; use cpu, cuda, cuda:N or mps") from None
+    available = {"cpu": True, "cuda": torch.cuda.is_available(),
+                 "mps": getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available()}
+    if not available.get(device.type, False):
+        raise UserError(f"device {text!r} is not available on this machine")
+    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        raise UserError(f"device {text!r} does not exist; this machine has {torch.cuda.device_count()} GPU(s)")
+    return device
+
+
+def resolve_dtype(text: str, device: Any) -> Any:
+    import torch
+
+    if text == "auto":
+        return torch.float16 if device.type == "cuda" else torch.float32
+    return getattr(torch, text)
+
+
+def _quiet_libraries() -> None:
+    """Library chatter (missing optional backends, deprecations) would bury multiloc's own output."""
+    import logging
+    import warnings
+
+    warnings.filterwarnings("ignore", category=FutureWarning)
+    warnings.filterwarnings("ignore", category=DeprecationWarning)
+    for name in ("transformers", "diffusers", "huggingface_hub"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+    try:
+        import diffusers
+        import transformers
+
+        transformers.logging.set_verbosity_error()
+        diffusers.logging.set_verbosity_error()
+    except ImportError:
+        pass
+
+
+# --- commands ---------------------------------------------------------------------------------
+def cmd_models(args: argparse.Namespace) -> int:
+    from . import registry
+
+    rows = []
+    for name in registry.model_names():
+        spec = registry.model_spec(name)
+        rows.append((name, spec["adapter"], spec.get("hub_id") or "built-in", spec.get("description", "")))
+    if args.json:
+        print(json.dumps([dict(zip(("name", "adapter", "source", "description"), r)) for r in rows], indent=2))
+        return 0
+    widths = [max(len(r[i]) for r in rows + [("model", "adapter", "source", "")]) for i in range(3)]
+    print(f"{'model':<{widths[0]}}  {'adapter':<{widths[1]}}  {'source':<{widths[2]}}  description")
+    for r in rows:
+        print(f"{r[0]:<{widths[0]}}  {r[1]:<{widths[1]}}  {r[2]:<{widths[2]}}  {r[3]}")
+    return 0
+
+
+def cmd_sites(args: argparse.Namespace) -> int:
+    from .offline import offline_sites
+
+    name, sites, total = offline_sites(args.model)
+    if args.json:
+        print(json.dumps({"model": name, "total_params": total,
+                          "sites": [s.to_dict(total) for s in sites]}, indent=2))
+        return 0
+    width = max([len(s.name) for s in sites] + [4])
+    print(f"{name}: {len(sites)} sites, denoiser {total:,} parameters")
+    print(f"{'idx':>3}  {'site':<{width}}  {'kind':<10}  {'stream':<6}  {'kv params':>12}  {'kv %':>7}  {'qkvo %':>7}")
+    for s in sites:
+        print(f"{s.index:>3}  {s.name:<{width}}  {s.kind:<10}  {s.stream:<6}  {s.params['kv']:>12,}  "
+              f"{100 * s.params['kv'] / total:>6.3f}%  {100 * s.params['qkvo'] / total:>6.3f}%")
+    return 0
+
+
+def cmd_scan(args: argparse.Namespace) -> int:
+    from . import load, scan
+    from .concepts import Concept
+    from .interventions import StepWindow
+
+    try:
+        StepWindow.parse(args.step_window)
+    except ValueError as e:
+        raise UserError(str(e)) from None
+    concept = Concept.load(args.concept)  # before loading weights: a typo should fail in a second
+    device = resolve_device(args.device)
+    dtype = resolve_dtype(args.dtype, device)
+    model = load(args.model, device=device, dtype=dtype)
+    out = Path(args.out or Path("multiloc-out") / f"{re.sub(r'[^A-Za-z0-9_.-]+', '_', model.name)}-{concept.name}")
+    print(f"scanning {len(model.sites)} sites of {model.name} for '{concept.name}' "
+          f"({len(concept.pairs)} pairs x {args.seeds} seeds) -> {out}", file=sys.stderr)
+    result = scan(model, concept, method=args.method, seeds=args.seeds, steps=args.steps,
+                  guidance=args.guidance, batch_size=args.batch_size, sites=args.sites,
+                  step_window=args.step_window, scorer=args.scorer, out=out, progress=not args.quiet)
+    if result.extra.get("resumed_rows"):
+        print(f"resumed: {result.extra['resumed_rows']} rows came from an earlier interrupted run", file=sys.stderr)
+    for w in result.extra.get("warnings", []):
+        print(f"warning: {w}", file=sys.stderr)
+    print(result.table())
+    print(f"wrote {out / 'result.json'}, result.csv, effects.png ({result.runtime_s:.1f} s)")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from .localize import METHODS
+
+    parser = _Parser(prog="multiloc", description="Find the few layers of a generative model that "
+                     "control a concept, and use them.")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    p = sub.add_parser("models", help="list the model registry")
+    p.add_argument("--json", action="store_true", help="print JSON")
+    p.set_defaults(func=cmd_models)
+
+    p = sub.add_parser("sites", help="list a model's sites in execution order (offline, no weights)")
+    p.add_argument("--model", required=True, help="registry name, local pipeline directory or hub id")
+    p.add_argument("--json", action="store_true", help="print JSON")
+    p.set_defaults(func=cmd_sites)
+
+    p = sub.add_parser("scan", help="localize a concept: score every site, rank them, write results")
+    p.add_argument("--model", required=True, help="registry name (see `multiloc models`), local directory or hub id")
+    p.add_argument("--concept", required=True, help="built-in concept name or path to a concept YAML")
+    p.add_argument("--method", default="patch", choices=METHODS, help="localization method (default: patch)")
+    p.add_argument("--steps", type=_positive("--steps"), help="denoising steps (default: the model's)")
+    p.add_argument("--seeds", type=_positive("--seeds"), default=2, help="seeds per prompt pair (default: 2)")
+    p.add_argument("--batch-size", type=_positive("--batch-size"), default=8,
+                   help="prompt rows per generation, at least 2; CFG doubles them (default: 8)")
+    p.add_argument("--guidance", type=float, help="classifier-free guidance scale (default: the model's)")
+    p.add_argument("--sites", help="only these sites: indices '0-3,9' or name patterns 'up_blocks.0.*'")
+    p.add_argument("--step-window", help="patch only at denoising steps a:b (default: every step)")
+    p.add_argument("--scorer", help="override the concept's scorer (e.g. reference)")
+    p.add_argument("--device", help="cpu, cuda, cuda:N or mps (default: cuda if available)")
+    p.add_argument("--dtype", default="auto", choices=DTYPES, help="weights dtype (auto: fp16 on cuda, else fp32)")
+    p.add_argument("--out", help="output directory (default: multiloc-out/MODEL-CONCEPT); rerun to resume")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_scan)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if getattr(args, "batch_size", 2) < 2:
+        print("multiloc scan: error: --batch-size must be at least 2 (the donor row and one patched row)",
+              file=sys.stderr)
+        return 2
+    _quiet_libraries()
+    try:
+        return args.func(args)
+    except UserError as e:
+        print(f"multiloc {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted; rerun the same command to resume where it stopped", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,122 @@
+"""Intervention plans: what replaces what, in which batch rows, at which denoising steps.
+
+A plan is a list of :class:`Patch`. Each patch rewrites the conditioning taps of one site (the
+outputs of e.g. ``to_k``/``to_v``) in some *logical* batch rows. Rows are logical prompts: under
+classifier-free guidance the pipeline runs every row twice (unconditional and conditional copies)
+and a patch applies to each copy of its rows, taking each copy from the same copy of its source.
+
+That makes a sweep one batched generation: row 0 the donor, row *i* the base prompt with site *i*
+patched from row 0.
+
+Example::
+
+    plan = [Patch(site=s.name, rows=(i + 1,), source=0) for i, s in enumerate(sites)]
+    with intervene(model.denoiser, model.sites, plan, n_rows=len(sites) + 1):
+        images = pipe(...)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+import torch
+
+KINDS = ("inject", "ablate", "scale", "set", "add")
+
+
+@dataclass(frozen=True)
+class StepWindow:
+    """Denoising steps ``start <= step < end`` (``end=None``: to the last step)."""
+
+    start: int = 0
+    end: int | None = None
+
+    def __contains__(self, step: int) -> bool:
+        return step >= self.start and (self.end is None or step < self.end)
+
+    @classmethod
+    def parse(cls, text: str | None) -> StepWindow:
+        """``"a:b"``, ``"a:"`` or ``":b"``; ``None`` or ``""`` is every step.
+
+        >>> StepWindow.parse("4:")
+        StepWindow(start=4, end=None)
+        """
+        if not text:
+            return cls()
+        lo, sep, hi = text.partition(":")
+        if not sep:
+            raise ValueError(f"step window {text!r} is not of the form a:b")
+        start, end = int(lo or 0), (int(hi) if hi else None)
+        if start < 0 or (end is not None and end <= start):
+            raise ValueError(f"step window {text!r} is empty or negative")
+        return cls(start, end)
+
+
+@dataclass(frozen=True)
+class Patch:
+    """Rewrite the conditioning taps of ``site`` in logical batch ``rows``.
+
+    kinds:
+      - ``inject``: copy the taps of row ``source`` (an in-batch donor at the same step and latent)
+      - ``ablate``: zero them
+      - ``scale``: multiply by ``value`` (a float)
+      - ``set``: replace by ``value`` (a mapping tap path -> tensor, broadcast over rows)
+      - ``add``: add ``value`` (a mapping tap path -> tensor, e.g. a steering vector)
+
+    ``set``/``add`` tensors may carry a leading dimension of CFG copies (``[uncond, cond]``).
+
+    >>> Patch("up_blocks.0.attentions.2.transformer_blocks.1.attn2", rows=(1,), source=0)
+    """
+
+    site: str
+    rows: tuple[int, ...]
+    source: int | None = None
+    kind: str = "inject"
+    value: float | Mapping[str, torch.Tensor] | None = None
+    window: StepWindow = StepWindow()
+
+    def __post_init__(self) -> None:
+        if self.kind not in KINDS:
+            raise ValueError(f"unknown patch kind {self.kind!r}; known: {', '.join(KINDS)}")
+        if self.kind == "inject" and self.source is None:
+            raise ValueError("an inject patch needs a source row")
+        if self.source is not None and self.source in self.rows:
+            raise ValueError("a patch cannot take its source row as a target row")
+
+
+def apply_patch(patch: Patch, tap: str, out: torch.Tensor, n_rows: int,
+                tokens: tuple[int, int | None] | None) -> torch.Tensor:
+    """Return ``out`` (a tap output with ``copies * n_rows`` rows) with ``patch`` applied."""
+    total = out.shape[0]
+    if total % n_rows:
+        raise RuntimeError(f"tap output has {total} rows, not a multiple of the {n_rows} planned rows")
+    copies = total // n_rows
+    out = out.clone()
+    view = out.view(copies, n_rows, *out.shape[1:])
+    tok = slice(*tokens) if tokens else slice(None)
+    rows = list(patch.rows)
+    target = view[:, rows, tok]
+    if patch.kind == "inject":
+        new = view[:, patch.source, tok].unsqueeze(1).expand_as(target)
+    elif patch.kind == "ablate":
+        new = torch.zeros_like(target)
+    elif patch.kind == "scale":
+        new = target * float(patch.value)
+    else:
+        value = patch.value[tap].to(out.device, out.dtype)
+        value = value.unsqueeze(1) if value.dim() == target.dim() - 1 else value
+        new = value.expand_as(target) if patch.kind == "set" else target + value
+    view[:, rows, tok] = new
+    return out
+
+
+def check_plan(plan: Sequence[Patch], site_names: Sequence[str], n_rows: int) -> None:
+    """Raise ``ValueError`` if a patch names an unknown site or a row outside ``range(n_rows)``."""
+    known = set(site_names)
+    for p in plan:
+        if p.site not in known:
+            raise ValueError(f"patch names unknown site {p.site!r}")
+        for r in (*p.rows, *(() if p.source is None else (p.source,))):
+            if not 0 <= r < n_rows:
+                raise ValueError(f"patch row {r} is outside the batch of {n_rows} rows")

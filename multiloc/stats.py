@@ -1,0 +1,58 @@
+"""Effects, bootstrap confidence intervals and the selection rule.
+
+Effect of a site = mean(s(patched) - s(base)) / mean(s(donor) - s(base)) over samples (prompt
+pairs x seeds): the share of the concept, as the scorer sees it, that patching the site moves.
+A ratio of means rather than a mean of ratios, so one sample whose donor barely differs from its
+base cannot blow the average up. 0 = no effect, 1 = the site alone carries the whole concept.
+
+Example::
+
+    eff = effects(base, donor, patched)            # base, donor: (U,), patched: (U, N)
+    lo, hi = bootstrap_ci(base, donor, patched).T
+    chosen = select(eff)
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+SELECTION_RULE = ("sites whose effect is at least {rel:g} x the top effect and at least {min_effect:g}, "
+                  "most effective first")
+
+
+def effects(base: np.ndarray, donor: np.ndarray, patched: np.ndarray) -> np.ndarray:
+    """Per-site effect (see the module docstring); NaN where donor and base score alike."""
+    base, donor, patched = (np.asarray(a, dtype=np.float64) for a in (base, donor, patched))
+    denom = np.mean(donor - base)
+    if not np.isfinite(denom) or abs(denom) < 1e-12:
+        return np.full(patched.shape[1], np.nan)
+    return np.mean(patched - base[:, None], axis=0) / denom
+
+
+def bootstrap_ci(base: np.ndarray, donor: np.ndarray, patched: np.ndarray, n_boot: int = 1000,
+                 level: float = 0.95, seed: int = 0) -> np.ndarray:
+    """Percentile bootstrap over samples: an (N, 2) array of [low, high] per site."""
+    base, donor, patched = (np.asarray(a, dtype=np.float64) for a in (base, donor, patched))
+    n = base.shape[0]
+    if n < 2:
+        e = effects(base, donor, patched)
+        return np.stack([e, e], axis=1)
+    rng = np.random.default_rng(seed)
+    idx = rng.integers(0, n, size=(n_boot, n))
+    d = (donor - base)[idx].mean(axis=1)  # (B,)
+    p = (patched - base[:, None])[idx].mean(axis=1)  # (B, N)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        boot = p / d[:, None]
+    tail = (1 - level) / 2 * 100
+    return np.nanpercentile(boot, [tail, 100 - tail], axis=0).T
+
+
+def select(eff: np.ndarray, rel: float = 0.5, min_effect: float = 0.1) -> list[int]:
+    """Indices of the localized set, by :data:`SELECTION_RULE`."""
+    eff = np.asarray(eff, dtype=np.float64)
+    if not np.isfinite(eff).any():
+        return []
+    top = np.nanmax(eff)
+    keep = [i for i in np.argsort(-np.nan_to_num(eff, nan=-np.inf))
+            if np.isfinite(eff[i]) and eff[i] >= rel * top and eff[i] >= min_effect]
+    return [int(i) for i in keep]
