@@ -122,6 +122,7 @@ def cmd_scan(args: argparse.Namespace) -> int:
     from . import load, scan
     from .concepts import Concept
     from .interventions import StepWindow
+    from .sites import select_sites
 
     try:
         StepWindow.parse(args.step_window)
@@ -132,7 +133,8 @@ def cmd_scan(args: argparse.Namespace) -> int:
     dtype = resolve_dtype(args.dtype, device)
     model = load(args.model, device=device, dtype=dtype)
     out = Path(args.out or Path("multiloc-out") / f"{re.sub(r'[^A-Za-z0-9_.-]+', '_', model.name)}-{concept.name}")
-    print(f"scanning {len(model.sites)} sites of {model.name} for '{concept.name}' "
+    chosen = select_sites(model.sites, args.sites)  # a bad --sites fails before any work
+    print(f"scanning {len(chosen)} of {len(model.sites)} sites of {model.name} for '{concept.name}' "
           f"({len(concept.pairs)} pairs x {args.seeds} seeds) -> {out}", file=sys.stderr)
     result = scan(model, concept, method=args.method, seeds=args.seeds, steps=args.steps,
                   guidance=args.guidance, batch_size=args.batch_size, sites=args.sites,
