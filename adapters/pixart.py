@@ -55,7 +55,8 @@ class PixArtAdapter(Adapter):
 
     def pipeline_kwargs(self, pipe: Any, settings: dict[str, Any]) -> dict[str, Any]:
         extra = {k: settings[k] for k in self.passthrough if k in settings}
-        return {**super().pipeline_kwargs(pipe, settings), **extra}
+        # negative_prompt defaults to "" in these pipelines, which clashes with negative_prompt_embeds.
+        return {**super().pipeline_kwargs(pipe, settings), **extra, "negative_prompt": None}
 
 
 class SanaAdapter(PixArtAdapter):
