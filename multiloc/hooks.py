@@ -119,7 +119,8 @@ def _key(tap: Tap) -> str:
 def capture(denoiser: nn.Module, sites: Sequence[Site]) -> Iterator[dict[tuple[str, str], list[torch.Tensor]]]:
     """Record every tap output of ``sites`` at every denoiser call (detached, on the same device).
 
-    The store maps ``(site name, tap path)`` to a list with one tensor per call.
+    The store maps ``(site name, tap path)`` to a list with one tensor per call; a keyword-input tap
+    (an attention mask) is keyed ``(site name, "(kwarg)")`` and records that input.
     """
     store: dict[tuple[str, str], list[torch.Tensor]] = defaultdict(list)
 

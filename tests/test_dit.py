@@ -186,3 +186,14 @@ def test_flux_single_stream_patch_covers_exactly_the_text():
     assert k.shape[1] > length
     assert torch.equal(k[2, :length], k[0, :length]) and not torch.allclose(k[1, :length], k[0, :length])
     assert torch.equal(k[2, length:], k[1, length:])
+
+
+def test_cli_pooled_and_heads_errors(capsys):
+    from multiloc.cli import main
+
+    assert main(["sites", "--model", "tiny-sd", "--pooled"]) == 2
+    assert "no pooled-embedding site" in capsys.readouterr().err
+    assert main(["sites", "--model", "tiny-flux", "--pooled", "--json"]) == 0
+    assert '"kind": "pooled"' in capsys.readouterr().out
+    assert main(["scan", "--model", "tiny-sd3", "--concept", "colour", "--heads", "one"]) == 2
+    assert "--heads must be" in capsys.readouterr().err
