@@ -14,7 +14,7 @@ cross-attention alone.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
@@ -55,7 +55,8 @@ class UNetAdapter(Adapter):
     )
     defaults = {"steps": 50, "guidance": 7.5}
 
-    def encode(self, pipe: Any, prompts: Sequence[str], device: torch.device) -> Conditioning:
+    def encode(self, pipe: Any, prompts: Sequence[str], device: torch.device,
+               settings: Mapping[str, Any] | None = None) -> Conditioning:
         # negative_prompt=None keeps each pipeline's own default ("" for SD/IF, zeros for SDXL).
         out = pipe.encode_prompt(prompt=list(prompts), device=device, num_images_per_prompt=1,
                                  do_classifier_free_guidance=True, negative_prompt=None)

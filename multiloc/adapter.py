@@ -14,14 +14,14 @@ Example (a third-party family, registered under the entry-point group ``multiloc
         denoiser_classes = ("MyTransformer2DModel",)
         site_rules = (SiteRule(kind="cross_attn", where=is_attn2, taps=("to_k", "to_v")),)
 
-        def encode(self, pipe, prompts, device):
+        def encode(self, pipe, prompts, device, settings=None):
             pe, npe = pipe.encode_prompt(prompts, device=device, negative_prompt=[""] * len(prompts))
             return {"prompt_embeds": pe, "negative_prompt_embeds": npe}
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any, ClassVar
 
 import numpy as np
@@ -48,8 +48,12 @@ class Adapter:
     defaults: ClassVar[dict[str, Any]] = {"steps": 50, "guidance": 7.5}
 
     # --- what a family declares -------------------------------------------------------------
-    def encode(self, pipe: Any, prompts: Sequence[str], device: torch.device) -> Conditioning:
-        """Encode ``prompts`` (with empty negative prompts) into the pipeline's embedding kwargs."""
+    def encode(self, pipe: Any, prompts: Sequence[str], device: torch.device,
+               settings: Mapping[str, Any] | None = None) -> Conditioning:
+        """Encode ``prompts`` (with empty negative prompts) into the pipeline's embedding kwargs.
+
+        ``settings`` are the model's settings (e.g. a text length the pipeline call must match).
+        """
         raise NotImplementedError
 
     def pipeline_kwargs(self, pipe: Any, settings: dict[str, Any]) -> dict[str, Any]:
@@ -66,8 +70,12 @@ class Adapter:
     def denoiser(self, pipe: Any) -> nn.Module:
         return getattr(pipe, self.denoiser_attr)
 
-    def sites(self, denoiser: nn.Module) -> list[Site]:
-        """The family's sites in execution order."""
+    def sites(self, denoiser: nn.Module, settings: Mapping[str, Any] | None = None) -> list[Site]:
+        """The family's sites in execution order.
+
+        ``settings`` are the model's settings: a family whose sites depend on them (FLUX's text length,
+        an optional pooled-embedding site) reads them here.
+        """
         return find_sites(denoiser, self.site_rules, self.block_order)
 
     def generate(self, pipe: Any, cond: Conditioning, *, seed: int, steps: int, guidance: float,

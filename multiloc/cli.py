@@ -104,7 +104,8 @@ def cmd_models(args: argparse.Namespace) -> int:
 def cmd_sites(args: argparse.Namespace) -> int:
     from .offline import offline_sites
 
-    name, sites, total = offline_sites(args.model)
+    name, sites, total = offline_sites(args.model, {"pooled_site": True} if args.pooled else None)
+    _check_pooled(args, name, sites)
     if args.json:
         print(json.dumps({"model": name, "total_params": total,
                           "sites": [s.to_dict(total) for s in sites]}, indent=2))
@@ -131,14 +132,17 @@ def cmd_scan(args: argparse.Namespace) -> int:
     concept = Concept.load(args.concept)  # before loading weights: a typo should fail in a second
     device = resolve_device(args.device)
     dtype = resolve_dtype(args.dtype, device)
-    model = load(args.model, device=device, dtype=dtype)
+    heads = _heads(args.heads)
+    model = load(args.model, device=device, dtype=dtype, settings={"pooled_site": True} if args.pooled else None)
+    _check_pooled(args, model.name, model.sites)
     out = Path(args.out or Path("multiloc-out") / f"{re.sub(r'[^A-Za-z0-9_.-]+', '_', model.name)}-{concept.name}")
     chosen = select_sites(model.sites, args.sites)  # a bad --sites fails before any work
     print(f"scanning {len(chosen)} of {len(model.sites)} sites of {model.name} for '{concept.name}' "
           f"({len(concept.pairs)} pairs x {args.seeds} seeds) -> {out}", file=sys.stderr)
     result = scan(model, concept, method=args.method, seeds=args.seeds, steps=args.steps,
                   guidance=args.guidance, batch_size=args.batch_size, sites=args.sites,
-                  step_window=args.step_window, scorer=args.scorer, out=out, progress=not args.quiet)
+                  step_window=args.step_window, scorer=args.scorer, out=out, progress=not args.quiet,
+                  heads=heads)
     if result.extra.get("resumed_rows"):
         print(f"resumed: {result.extra['resumed_rows']} rows came from an earlier interrupted run", file=sys.stderr)
     for w in result.extra.get("warnings", []):
@@ -146,6 +150,28 @@ def cmd_scan(args: argparse.Namespace) -> int:
     print(result.table())
     print(f"wrote {out / 'result.json'}, result.csv, effects.png ({result.runtime_s:.1f} s)")
     return 0
+
+
+def _heads(text: str | None) -> str | list[int] | None:
+    """``--heads``: None, ``each`` or a list of head indices ``0,3``."""
+    if text is None or text == "each":
+        return text
+    try:
+        heads = [int(h) for h in text.split(",") if h.strip()]
+    except ValueError:
+        raise UserError(f"--heads must be 'each' or head indices like 0,3, got {text!r}") from None
+    if not heads or min(heads) < 0:
+        raise UserError(f"--heads must be 'each' or head indices like 0,3, got {text!r}")
+    return heads
+
+
+def _check_pooled(args: argparse.Namespace, name: str, sites: Sequence[Any]) -> None:
+    if args.pooled and not any(s.kind == "pooled" for s in sites):
+        raise UserError(f"--pooled: {name} has no pooled-embedding site (it exists for SD3 and FLUX)")
+
+
+POOLED_HELP = ("also make the pooled text embedding a site of its own, kind 'pooled' (SD3, FLUX); "
+               "by default it stays on the base prompt")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -162,6 +188,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("sites", help="list a model's sites in execution order (offline, no weights)")
     p.add_argument("--model", required=True, help="registry name, local pipeline directory or hub id")
     p.add_argument("--json", action="store_true", help="print JSON")
+    p.add_argument("--pooled", action="store_true", help=POOLED_HELP)
     p.set_defaults(func=cmd_sites)
 
     p = sub.add_parser("scan", help="localize a concept: score every site, rank them, write results")
@@ -175,6 +202,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--guidance", type=float, help="classifier-free guidance scale (default: the model's)")
     p.add_argument("--sites", help="only these sites: indices '0-3,9' or name patterns 'up_blocks.0.*'")
     p.add_argument("--step-window", help="patch only at denoising steps a:b (default: every step)")
+    p.add_argument("--heads", help="head-level patching: 'each' scans every head of the chosen sites as a "
+                   "unit (SITE#hN); '0,3' patches only those heads of each site (default: whole sites)")
+    p.add_argument("--pooled", action="store_true", help=POOLED_HELP)
     p.add_argument("--scorer", help="override the concept's scorer (e.g. reference)")
     p.add_argument("--device", help="cpu, cuda, cuda:N or mps (default: cuda if available)")
     p.add_argument("--dtype", default="auto", choices=DTYPES, help="weights dtype (auto: fp16 on cuda, else fp32)")

@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 from .interventions import Patch, apply_patch, check_plan
-from .sites import Site
+from .sites import Site, Tap
 
 
 class StepCounter:
@@ -41,8 +41,11 @@ class StepCounter:
 
 @contextmanager
 def hooks(forward: Sequence[tuple[nn.Module, Callable]] = (),
-          pre: Sequence[tuple[nn.Module, Callable]] = ()) -> Iterator[None]:
+          pre: Sequence[tuple[nn.Module, Callable]] = (),
+          pre_kw: Sequence[tuple[nn.Module, Callable]] = ()) -> Iterator[None]:
     """Register forward hooks and forward pre-hooks; remove all of them on exit, whatever happens.
+
+    ``pre_kw`` pre-hooks see and may replace the keyword arguments: ``fn(module, args, kwargs)``.
 
     >>> with hooks(forward=[(unet.mid_block, lambda m, a, o: print(o.shape))]):
     ...     unet(x, t, ehs)
@@ -51,6 +54,8 @@ def hooks(forward: Sequence[tuple[nn.Module, Callable]] = (),
     try:
         for module, fn in pre:
             handles.append(module.register_forward_pre_hook(fn))
+        for module, fn in pre_kw:
+            handles.append(module.register_forward_pre_hook(fn, with_kwargs=True))
         for module, fn in forward:
             handles.append(module.register_forward_hook(fn))
         yield
@@ -68,38 +73,54 @@ def intervene(denoiser: nn.Module, sites: Sequence[Site], plan: Sequence[Patch],
     the current step, which the patches' step windows are checked against.
     """
     by_name = {s.name: s for s in sites}
-    check_plan(plan, list(by_name), n_rows)
+    check_plan(plan, {s.name: s.heads for s in sites}, n_rows)
     counter = StepCounter(calls_per_step)
     per_tap: dict[tuple[str, str], list[Patch]] = defaultdict(list)
     for p in plan:
         for tap in by_name[p.site].taps:
-            per_tap[(p.site, tap.path)].append(p)
+            per_tap[(p.site, _key(tap))].append(p)
 
-    def make_hook(site: Site, tap_path: str, patches: list[Patch]) -> Callable:
-        tokens = next(t.tokens for t in site.taps if t.path == tap_path)
-
-        def hook(module: nn.Module, args: tuple, out: torch.Tensor) -> torch.Tensor:
+    def make_hook(site: Site, tap: Tap, patches: list[Patch]) -> Callable:
+        def patched(out: torch.Tensor) -> torch.Tensor:
             step = counter.step
             for p in patches:
                 if step in p.window:
-                    out = apply_patch(p, tap_path, out, n_rows, tokens)
+                    out = apply_patch(p, tap.path, out, n_rows, tap.tokens, site.heads, tap.mask)
             return out
 
-        return hook
+        if tap.kwarg is None:
+            return lambda module, args, out: patched(out)
 
-    forward = []
-    for (site_name, tap_path), patches in per_tap.items():
-        module = denoiser.get_submodule(site_name).get_submodule(tap_path)
-        forward.append((module, make_hook(by_name[site_name], tap_path, patches)))
-    with hooks(forward=forward, pre=[(denoiser, counter)]):
+        def pre_hook(module: nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict]:
+            if kwargs.get(tap.kwarg) is not None:
+                kwargs = {**kwargs, tap.kwarg: patched(kwargs[tap.kwarg])}
+            return args, kwargs
+
+        return pre_hook
+
+    forward, pre_kw = [], []
+    for (site_name, tap_key), patches in per_tap.items():
+        site = by_name[site_name]
+        tap = next(t for t in site.taps if _key(t) == tap_key)
+        module = denoiser.get_submodule(site_name)
+        if tap.kwarg is None:
+            forward.append((module.get_submodule(tap.path), make_hook(site, tap, patches)))
+        else:
+            pre_kw.append((module, make_hook(site, tap, patches)))
+    with hooks(forward=forward, pre=[(denoiser, counter)], pre_kw=pre_kw):
         yield counter
+
+
+def _key(tap: Tap) -> str:
+    return tap.path if tap.kwarg is None else f"{tap.path}({tap.kwarg})"
 
 
 @contextmanager
 def capture(denoiser: nn.Module, sites: Sequence[Site]) -> Iterator[dict[tuple[str, str], list[torch.Tensor]]]:
     """Record every tap output of ``sites`` at every denoiser call (detached, on the same device).
 
-    The store maps ``(site name, tap path)`` to a list with one tensor per call.
+    The store maps ``(site name, tap path)`` to a list with one tensor per call; a keyword-input tap
+    (an attention mask) is keyed ``(site name, "(kwarg)")`` and records that input.
     """
     store: dict[tuple[str, str], list[torch.Tensor]] = defaultdict(list)
 
@@ -108,7 +129,15 @@ def capture(denoiser: nn.Module, sites: Sequence[Site]) -> Iterator[dict[tuple[s
             store[key].append(out.detach().clone())
         return hook
 
+    def make_pre_hook(key: tuple[str, str], kwarg: str) -> Callable:
+        def hook(module: nn.Module, args: tuple, kwargs: dict) -> None:
+            if kwargs.get(kwarg) is not None:
+                store[key].append(kwargs[kwarg].detach().clone())
+        return hook
+
     forward = [(denoiser.get_submodule(s.name).get_submodule(t.path), make_hook((s.name, t.path)))
-               for s in sites for t in s.taps]
-    with hooks(forward=forward):
+               for s in sites for t in s.taps if t.kwarg is None]
+    pre_kw = [(denoiser.get_submodule(s.name), make_pre_hook((s.name, _key(t)), t.kwarg))
+              for s in sites for t in s.taps if t.kwarg is not None]
+    with hooks(forward=forward, pre_kw=pre_kw):
         yield store

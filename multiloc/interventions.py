@@ -66,7 +66,11 @@ class Patch:
 
     ``set``/``add`` tensors may carry a leading dimension of CFG copies (``[uncond, cond]``).
 
+    ``heads`` limits the patch to those attention heads of the site: only their slices of the tap
+    outputs (last dimension = heads x head_dim) change; ``None`` patches every head.
+
     >>> Patch("up_blocks.0.attentions.2.transformer_blocks.1.attn2", rows=(1,), source=0)
+    >>> Patch("transformer_blocks.10.attn", rows=(1,), source=0, heads=(3,))   # one head of SD3's block 10
     """
 
     site: str
@@ -75,6 +79,7 @@ class Patch:
     kind: str = "inject"
     value: float | Mapping[str, torch.Tensor] | None = None
     window: StepWindow = StepWindow()
+    heads: tuple[int, ...] | None = None
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
@@ -83,22 +88,30 @@ class Patch:
             raise ValueError("an inject patch needs a source row")
         if self.source is not None and self.source in self.rows:
             raise ValueError("a patch cannot take its source row as a target row")
+        if self.heads is not None and not self.heads:
+            raise ValueError("a head-level patch needs at least one head")
 
 
 def apply_patch(patch: Patch, tap: str, out: torch.Tensor, n_rows: int,
-                tokens: tuple[int, int | None] | None) -> torch.Tensor:
-    """Return ``out`` (a tap output with ``copies * n_rows`` rows) with ``patch`` applied."""
+                tokens: tuple[int, int | None] | None, n_heads: int | None = None,
+                mask: bool = False) -> torch.Tensor:
+    """Return ``out`` (a tap output with ``copies * n_rows`` rows) with ``patch`` applied.
+
+    ``n_heads`` (the site's head count) is needed for head-level patches; a ``mask`` tap (an
+    attention mask carried along with injected conditioning) changes only under ``inject``, all heads.
+    """
+    if mask and patch.kind != "inject":
+        return out
     total = out.shape[0]
     if total % n_rows:
         raise RuntimeError(f"tap output has {total} rows, not a multiple of the {n_rows} planned rows")
     copies = total // n_rows
     out = out.clone()
     view = out.view(copies, n_rows, *out.shape[1:])
-    tok = slice(*tokens) if tokens else slice(None)
     rows = list(patch.rows)
-    target = view[:, rows, tok]
+    target = view[:, rows]
     if patch.kind == "inject":
-        new = view[:, patch.source, tok].unsqueeze(1).expand_as(target)
+        new = view[:, [patch.source]].expand_as(target)
     elif patch.kind == "ablate":
         new = torch.zeros_like(target)
     elif patch.kind == "scale":
@@ -107,16 +120,40 @@ def apply_patch(patch: Patch, tap: str, out: torch.Tensor, n_rows: int,
         value = patch.value[tap].to(out.device, out.dtype)
         value = value.unsqueeze(1) if value.dim() == target.dim() - 1 else value
         new = value.expand_as(target) if patch.kind == "set" else target + value
-    view[:, rows, tok] = new
+    # Which elements change: a token range (dim 2 of the view) and, per head, a slice of channels.
+    region = torch.ones((1,) * target.dim(), dtype=torch.bool, device=out.device)
+    if tokens:
+        shape = [1] * target.dim()
+        shape[2] = target.shape[2]
+        sel = torch.zeros(shape, dtype=torch.bool, device=out.device)
+        sel.view(-1)[slice(*tokens)] = True
+        region = region & sel
+    if patch.heads is not None and not mask:
+        if not n_heads:
+            raise ValueError(f"a head-level patch of {patch.site!r} needs the site's head count")
+        width = target.shape[-1]
+        if width % n_heads:
+            raise RuntimeError(f"tap {tap!r} is {width} wide, not a multiple of {n_heads} heads")
+        per_head = torch.zeros(n_heads, width // n_heads, dtype=torch.bool, device=out.device)
+        per_head[list(patch.heads)] = True
+        region = region & per_head.view(*([1] * (target.dim() - 1)), width)
+    view[:, rows] = torch.where(region, new, target)
     return out
 
 
-def check_plan(plan: Sequence[Patch], site_names: Sequence[str], n_rows: int) -> None:
-    """Raise ``ValueError`` if a patch names an unknown site or a row outside ``range(n_rows)``."""
-    known = set(site_names)
+def check_plan(plan: Sequence[Patch], site_names: Sequence[str] | Mapping[str, int | None],
+               n_rows: int) -> None:
+    """Raise ``ValueError`` if a patch names an unknown site, a row outside ``range(n_rows)`` or a head
+    the site does not have (``site_names`` may map each name to its head count)."""
+    known = site_names if isinstance(site_names, Mapping) else dict.fromkeys(site_names)
     for p in plan:
         if p.site not in known:
             raise ValueError(f"patch names unknown site {p.site!r}")
+        if p.heads is not None:
+            n = known[p.site]
+            if not n or not all(0 <= h < n for h in p.heads):
+                raise ValueError(f"patch heads {list(p.heads)} are not heads of {p.site!r} "
+                                 f"({n or 'no'} heads)")
         for r in (*p.rows, *(() if p.source is None else (p.source,))):
             if not 0 <= r < n_rows:
                 raise ValueError(f"patch row {r} is outside the batch of {n_rows} rows")

@@ -57,7 +57,7 @@ class Model:
     @cached_property
     def sites(self) -> list[Site]:
         """The sites in execution order."""
-        return self.adapter.sites(self.denoiser)
+        return self.adapter.sites(self.denoiser, self.settings)
 
     @cached_property
     def total_params(self) -> int:
@@ -68,7 +68,7 @@ class Model:
         missing = [p for p in dict.fromkeys(prompts) if p not in self._cond_cache]
         if missing:
             with torch.no_grad():
-                cond = self.adapter.encode(self.pipe, missing, self.device)
+                cond = self.adapter.encode(self.pipe, missing, self.device, settings=self.settings)
             for i, p in enumerate(missing):
                 self._cond_cache[p] = {k: v[i:i + 1] for k, v in cond.items()}
         rows = [self._cond_cache[p] for p in prompts]

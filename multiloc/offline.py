@@ -48,8 +48,12 @@ def _config_from_hub(repo_id: str) -> tuple[str, dict]:
     raise UserError(f"{repo_id!r} has no denoiser config any adapter knows")
 
 
-def offline_sites(source: str) -> tuple[str, list[Site], int]:
-    """(name, sites, total denoiser parameters) for a registry name, a local directory or a hub id."""
+def offline_sites(source: str, settings: dict | None = None) -> tuple[str, list[Site], int]:
+    """(name, sites, total denoiser parameters) for a registry name, a local directory or a hub id.
+
+    ``settings`` override the entry's defaults where a family's sites depend on them (``pooled_site``).
+    """
+    defaults: dict = {}
     if source in registry.model_names():
         spec = registry.model_spec(source)
         adapter = registry.get_adapter(spec["adapter"])
@@ -60,6 +64,7 @@ def offline_sites(source: str) -> tuple[str, list[Site], int]:
         else:
             raise UserError(f"registry entry {source!r} has no 'denoiser' architecture config")
         name = spec["name"]
+        defaults = dict(spec.get("defaults") or {})
     elif Path(source).is_dir():
         adapter_name, denoiser_spec = _config_from_dir(Path(source), None)
         adapter, name = registry.get_adapter(adapter_name), source
@@ -70,4 +75,5 @@ def offline_sites(source: str) -> tuple[str, list[Site], int]:
         registry.model_spec(source)  # raises "unknown model", listing the known ones
         raise AssertionError("unreachable")
     denoiser = build_denoiser(denoiser_spec, meta=True)
-    return name, adapter.sites(denoiser), sum(p.numel() for p in denoiser.parameters())
+    settings = {**adapter.defaults, **defaults, **(settings or {})}
+    return name, adapter.sites(denoiser, settings), sum(p.numel() for p in denoiser.parameters())

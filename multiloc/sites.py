@@ -29,10 +29,18 @@ class Tap:
 
     ``tokens`` optionally limits the tap to a token range ``(start, stop)`` of that output, for layers
     that mix text and image tokens in one projection (FLUX single-stream blocks).
+
+    ``kwarg`` makes the tap the site module's keyword *input* of that name instead of a submodule's
+    output; ``mask`` marks an attention mask that travels with injected conditioning: an ``inject``
+    patch copies it from the source row (all heads), every other kind leaves it alone. Masked
+    cross-attention (PixArt, SANA) needs it: the donor's keys/values under the base's mask would hide
+    the donor's extra tokens when the donor prompt is longer.
     """
 
     path: str
     tokens: tuple[int, int | None] | None = None
+    kwarg: str | None = None
+    mask: bool = False
 
 
 @dataclass(frozen=True)
@@ -52,6 +60,7 @@ class SiteRule:
     kv: tuple[str, ...] | None = None  # defaults to the taps
     stream: str | Callable[[str, nn.Module], str] = "text"
     tokens: tuple[int, int | None] | None = None
+    masks: tuple[str, ...] = ()  # keyword inputs of the site module that are attention masks
 
     def __repr__(self) -> str:  # the lambda makes the default repr noisy
         return f"SiteRule(kind={self.kind!r}, ...)"
@@ -62,7 +71,8 @@ class Site:
     """An intervention site: a layer that reads the conditioning.
 
     ``index`` is the position in execution order; ``params`` holds parameter counts of the ``kv``
-    group (projections that read the conditioning) and of the whole attention (``qkvo``).
+    group (projections that read the conditioning) and of the whole attention (``qkvo``). ``heads`` is
+    the attention's head count (the taps' last dimension is heads x head_dim), for head-level patches.
     """
 
     name: str
@@ -72,11 +82,12 @@ class Site:
     block: str
     taps: tuple[Tap, ...]
     params: dict[str, int] = field(default_factory=dict)
+    heads: int | None = None
 
     def to_dict(self, total_params: int | None = None) -> dict:
         """The JSON form used by ``multiloc sites --json``."""
         d = {"index": self.index, "name": self.name, "kind": self.kind, "stream": self.stream,
-             "block": self.block, "params": dict(self.params)}
+             "block": self.block, "heads": self.heads, "params": dict(self.params)}
         if total_params:
             d["fraction"] = {k: v / total_params for k, v in self.params.items()}
         return d
@@ -112,8 +123,10 @@ def find_sites(denoiser: nn.Module, rules: Sequence[SiteRule], block_order: Sequ
         stream = rule.stream(name, module) if callable(rule.stream) else rule.stream
         sites.append(Site(
             name=name, index=index, kind=rule.kind, stream=stream, block=_block_of(name),
-            taps=tuple(Tap(t, rule.tokens) for t in rule.taps),
+            taps=tuple(Tap(t, rule.tokens) for t in rule.taps)
+            + tuple(Tap("", kwarg=m, mask=True) for m in rule.masks),
             params={"kv": sum(_count(module.get_submodule(p)) for p in kv), "qkvo": _count(module)},
+            heads=getattr(module, "heads", None),
         ))
     return sites
 

@@ -19,18 +19,37 @@ def plant(model: multiloc.Model, keep: set[str]) -> None:
 
     A site ignores the prompt when the projections reading it (its ``kv`` taps) have zero weights: the
     keys and values of the text are then constants (their biases), whatever the prompt. The prompt's
-    other paths into the denoiser (SDXL's pooled text embedding, IF's text-time embedding) are cut
-    the same way, so only the kept sites can carry it.
+    other paths into the denoiser (SDXL's pooled text embedding, IF's text-time embedding, the pooled
+    embedding of SD3 / FLUX unless it is kept as a site) are cut the same way, so only the kept sites
+    can carry it.
+
+    Joint-attention models: the text stream still evolves through every block (and keeps the prompt
+    in its residual), but zeroed ``add_k_proj``/``add_v_proj`` mean the image reads only constants
+    from it. A FLUX single-stream site cannot be silenced that way (its ``to_k``/``to_v`` serve the
+    image tokens too), so its block's attention output is cut instead (the attention half of
+    ``proj_out``): the block then mixes no tokens at all and reads nothing from the text.
     """
     den = model.denoiser
     with torch.no_grad():
         for site in model.sites:
-            if site.name not in keep:
-                for tap in site.taps:
-                    den.get_submodule(site.name).get_submodule(tap.path).weight.zero_()
-        extra = getattr(den, "add_embedding", None)
-        if extra is not None:
-            for m in extra.modules():
+            if site.name in keep:
+                continue
+            module = den.get_submodule(site.name)
+            if site.kind == "single_stream":
+                block = den.get_submodule(site.name.rsplit(".", 1)[0])
+                block.proj_out.weight[:, :block.proj_mlp.in_features].zero_()
+                continue
+            for tap in site.taps:
+                if tap.kwarg is None:
+                    for m in module.get_submodule(tap.path).modules():
+                        if isinstance(m, torch.nn.Linear):
+                            m.weight.zero_()
+        extra = [getattr(den, "add_embedding", None)]
+        tte = getattr(den, "time_text_embed", None)
+        if tte is not None and "time_text_embed.text_embedder" not in keep:
+            extra.append(tte.text_embedder)
+        for e in extra:
+            for m in (e.modules() if e is not None else ()):
                 if isinstance(m, torch.nn.Linear):
                     m.weight.zero_()
 

@@ -24,6 +24,7 @@ from ..model import Model, load
 from ..results import Result, ScanState, SiteEffect
 from ..scorers import Scorer, get_scorer
 from ..sites import select_sites
+from .patch import Unit, patch_scores, units_for
 
 METHODS = ("patch",)
 
@@ -32,7 +33,7 @@ def scan(model: Model | Any, concept: Concept | str, method: str = "patch", *, s
          steps: int | None = None, guidance: float | None = None, batch_size: int = 8,
          sites: str | Sequence[str] | None = None, step_window: str | StepWindow | None = None,
          scorer: Scorer | str | None = None, out: str | Path | None = None, progress: bool = True,
-         samples: bool = True, n_boot: int = 1000) -> Result:
+         samples: bool = True, n_boot: int = 1000, heads: str | Sequence[int] | None = None) -> Result:
     """Localize ``concept`` in ``model``.
 
     Args:
@@ -47,6 +48,9 @@ def scan(model: Model | Any, concept: Concept | str, method: str = "patch", *, s
         scorer: overrides the concept's scorer.
         out: a directory for result files and the resume state; ``None`` keeps everything in memory.
         samples: with ``out``, also write base / donor / top-site outputs of the first sample.
+        heads: head-level patching: a list of head indices patches only those heads of each site;
+            ``"each"`` scans every head of every chosen site as a unit of its own (``SITE#hN``), e.g.
+            ``scan(model, concept, sites="10", heads="each")`` for the heads of SD3's block 10.
 
     Returns:
         A :class:`Result`: ``ranking``, ``effects``, ``selected`` and per-site bootstrap CIs.
@@ -71,19 +75,21 @@ def scan(model: Model | Any, concept: Concept | str, method: str = "patch", *, s
     except ValueError as e:
         raise UserError(str(e)) from None
     chosen = select_sites(model.sites, sites)
+    if isinstance(heads, str) and heads != "each":
+        raise UserError(f"heads must be 'each' or a list of head indices, got {heads!r}")
+    units = units_for(chosen, heads)
     steps = steps or model.settings["steps"]
     guidance = model.settings["guidance"] if guidance is None else guidance
     config = {"seeds": seeds, "steps": steps, "guidance": guidance, "batch_size": batch_size,
               "step_window": [window.start, window.end], "scorer": scorer.name,
               "sites": [s.name for s in chosen], "pairs": len(concept.pairs),
+              "heads": heads if heads is None or isinstance(heads, str) else list(units[0].heads or ()),
               "device": str(model.device), "dtype": str(next(model.denoiser.parameters()).dtype)}
     identity = {**config, "model": model.name, "method": method, "pairs": [vars(p) for p in concept.pairs],
                 "target": concept.target, "batch_size": None, "seeds": None}
     state = ScanState(out, identity)
 
-    from .patch import patch_scores
-
-    raw = patch_scores(model, concept, scorer, chosen, seeds=range(seeds), steps=steps, guidance=guidance,
+    raw = patch_scores(model, concept, scorer, units, seeds=range(seeds), steps=steps, guidance=guidance,
                        batch_size=batch_size, window=window, state=state, progress=progress)
     eff = stats.effects(raw.base, raw.donor, raw.patched)
     ci = stats.bootstrap_ci(raw.base, raw.donor, raw.patched, n_boot=n_boot)
@@ -94,8 +100,8 @@ def scan(model: Model | Any, concept: Concept | str, method: str = "patch", *, s
                         "measured; check the concept's pairs and scorer")
     result = Result(
         model=model.name, concept=concept.name, method=method,
-        sites=[SiteEffect(s.index, s.name, float(e), [float(c) for c in c2]) for s, e, c2 in zip(chosen, eff, ci)],
-        selected=[chosen[i].name for i in picked], runtime_s=0.0, config=config,
+        sites=[SiteEffect(u.index, u.name, float(e), [float(c) for c in c2]) for u, e, c2 in zip(units, eff, ci)],
+        selected=[units[i].name for i in picked], runtime_s=0.0, config=config,
         extra={"selection_rule": stats.SELECTION_RULE.format(rel=0.5, min_effect=0.1),
                "effect": "mean(s(patched) - s(base)) / mean(s(donor) - s(base)) over samples",
                "samples": {"ids": raw.samples, "base": raw.base.tolist(), "donor": raw.donor.tolist(),
@@ -103,7 +109,8 @@ def scan(model: Model | Any, concept: Concept | str, method: str = "patch", *, s
                "resumed_rows": state.resumed, "warnings": warnings},
     )
     if out is not None and samples and chosen:
-        result.extra["sample_files"] = _write_samples(model, concept, result, Path(out), steps, guidance, window)
+        result.extra["sample_files"] = _write_samples(model, concept, result, Path(out), steps, guidance, window,
+                                                      {u.name: u for u in units})
     result.runtime_s = time.perf_counter() - start
     if out is not None:
         result.save(out)
@@ -112,7 +119,7 @@ def scan(model: Model | Any, concept: Concept | str, method: str = "patch", *, s
 
 
 def _write_samples(model: Model, concept: Concept, result: Result, out: Path, steps: int,
-                   guidance: float, window: StepWindow) -> list[str]:
+                   guidance: float, window: StepWindow, units: dict[str, Unit]) -> list[str]:
     """Base, donor, top site patched and the selected set patched, for the first pair and seed 0."""
     from ..interventions import Patch
 
@@ -123,8 +130,15 @@ def _write_samples(model: Model, concept: Concept, result: Result, out: Path, st
     if len(result.selected) > 1:
         rows["selected-set"] = result.selected
     prompts = [pair.donor] + [pair.base] * (len(rows) - 1)
-    plan = [Patch(s, rows=(r,), source=0, window=window)
-            for r, names in enumerate(rows.values()) for s in names]
+    # Two units of one site (heads) in one row are one patch over the union of their heads.
+    merged: dict[tuple[int, str], tuple[int, ...] | None] = {}
+    for r, names in enumerate(rows.values()):
+        for label in names:
+            u = units[label]
+            key = (r, u.site)
+            old = merged.get(key, ())
+            merged[key] = None if u.heads is None or old is None else tuple(sorted({*old, *u.heads}))
+    plan = [Patch(site, rows=(r,), source=0, window=window, heads=h) for (r, site), h in merged.items()]
     outs = model.generate(prompts, plan, seed=0, steps=steps, guidance=guidance)
     return [str(save_output(out / "samples" / label, o, model.modality).relative_to(out))
             for label, o in zip(rows, outs)]

@@ -19,11 +19,40 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from ..concepts import Concept
+from ..errors import UserError
 from ..interventions import Patch, StepWindow
 from ..model import Model
 from ..results import ScanState
 from ..scorers import Scorer
 from ..sites import Site
+
+
+@dataclass(frozen=True)
+class Unit:
+    """What one patched row patches: a whole site, or some of its heads (``name`` labels the row)."""
+
+    name: str
+    site: str
+    index: int
+    heads: tuple[int, ...] | None = None
+
+
+def units_for(sites: Sequence[Site], heads: str | Sequence[int] | None) -> list[Unit]:
+    """Scan units: one per site (``heads=None``: all heads; a list: only those heads of every site), or
+    with ``heads="each"`` one per head of every site, labelled ``SITE#hN``."""
+    if heads is None:
+        return [Unit(s.name, s.name, s.index) for s in sites]
+    for s in sites:
+        if not s.heads:
+            raise UserError(f"site {s.name!r} has no attention heads; head-level patching needs them")
+    if heads == "each":
+        return [Unit(f"{s.name}#h{h}", s.name, s.index, (h,)) for s in sites for h in range(s.heads)]
+    chosen = tuple(sorted(set(int(h) for h in heads)))
+    for s in sites:
+        bad = [h for h in chosen if not 0 <= h < s.heads]
+        if bad:
+            raise UserError(f"head {bad[0]} does not exist in {s.name!r}, which has heads 0-{s.heads - 1}")
+    return [Unit(s.name, s.name, s.index, chosen) for s in sites]
 
 
 @dataclass
@@ -47,10 +76,10 @@ def chunks(n_sites: int, batch_size: int) -> list[tuple[bool, range]]:
     return out
 
 
-def patch_scores(model: Model, concept: Concept, scorer: Scorer, sites: Sequence[Site], *,
+def patch_scores(model: Model, concept: Concept, scorer: Scorer, sites: Sequence[Unit], *,
                  seeds: Sequence[int], steps: int, guidance: float, batch_size: int,
                  window: StepWindow, state: ScanState, progress: bool = True) -> Scores:
-    """Score base, donor and every single-site patch for every pair and seed (resumable)."""
+    """Score base, donor and every unit's patch (see :class:`Unit`) for every pair and seed (resumable)."""
     plan_chunks = chunks(len(sites), batch_size)
     samples = [(p, s) for p in range(len(concept.pairs)) for s in seeds]
     bar = tqdm(total=len(samples) * len(plan_chunks), desc=f"patch {model.name}", unit="gen",
@@ -66,7 +95,7 @@ def patch_scores(model: Model, concept: Concept, scorer: Scorer, sites: Sequence
                 continue
             prompts = [pair.donor] + ([pair.base] if with_base else []) + [pair.base] * len(todo)
             first = 2 if with_base else 1
-            plan = [Patch(sites[i].name, rows=(first + j,), source=0, window=window)
+            plan = [Patch(sites[i].site, rows=(first + j,), source=0, window=window, heads=sites[i].heads)
                     for j, i in enumerate(todo)]
             outs = model.generate(prompts, plan, seed=seed, steps=steps, guidance=guidance)
             # The donor is scored once (chunk 0); later chunks only need it as the reference.
