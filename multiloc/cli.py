@@ -148,6 +148,7 @@ def cmd_scan(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     from .localize import METHODS
+    from .scorers import scorer_names
 
     parser = _Parser(prog="multiloc", description="Find the few layers of a generative model that "
                      "control a concept, and use them.")
@@ -173,7 +174,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--guidance", type=float, help="classifier-free guidance scale (default: the model's)")
     p.add_argument("--sites", help="only these sites: indices '0-3,9' or name patterns 'up_blocks.0.*'")
     p.add_argument("--step-window", help="patch only at denoising steps a:b (default: every step)")
-    p.add_argument("--scorer", help="override the concept's scorer (e.g. reference)")
+    p.add_argument("--scorer", help=f"override the concept's scorer ({', '.join(scorer_names())})")
     p.add_argument("--device", help="cpu, cuda, cuda:N or mps (default: cuda if available)")
     p.add_argument("--dtype", default="auto", choices=DTYPES, help="weights dtype (auto: fp16 on cuda, else fp32)")
     p.add_argument("--out", help="output directory (default: multiloc-out/MODEL-CONCEPT); rerun to resume")

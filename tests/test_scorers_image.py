@@ -153,3 +153,20 @@ def test_toxicity_probabilities_from_a_tiny_classifier(ocr_scorer):
     assert scores == pytest.approx([expected, 0.0], abs=1e-6)
     summary = scorer.summarize(records)
     assert summary["n"] == 2 and summary["toxic_rate"] == (0.5 if expected > 0.5 else 0.0)
+
+
+def test_missing_tesseract_fails_in_ci_and_skips_elsewhere(monkeypatch):
+    import shutil
+
+    from .conftest import require_tesseract
+
+    monkeypatch.setattr(shutil, "which", lambda name: None)
+    monkeypatch.delenv("TESSERACT_CMD", raising=False)
+    monkeypatch.setenv("CI", "true")
+    with pytest.raises(pytest.fail.Exception, match="must run here"):
+        require_tesseract()
+    monkeypatch.delenv("CI")
+    with pytest.raises(pytest.skip.Exception):
+        require_tesseract()
+    with pytest.raises(multiloc.UserError, match="apt-get install tesseract-ocr"):
+        multiloc.get_scorer("ocr")
