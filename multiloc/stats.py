@@ -44,11 +44,13 @@ def bootstrap_ci(base: np.ndarray, donor: np.ndarray, patched: np.ndarray, n_boo
     d = (donor - base)[idx].mean(axis=1)  # (B,)
     p = (patched - base[:, None])[idx].mean(axis=1)  # (B, N)
     tail = (1 - level) / 2 * 100
-    # Resamples where donor and base score alike give inf/NaN; when all do (a scorer that sees
-    # nothing), the interval is NaN, which the scan reports with a warning of its own.
+    # Resamples where donor and base score alike (likely with sparse scores such as OCR's) have no
+    # effect and are left out; when all are (a scorer that sees nothing), the interval is NaN, which
+    # the scan reports with a warning of its own.
     with np.errstate(divide="ignore", invalid="ignore"), warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)
         boot = p / d[:, None]
+        boot[~np.isfinite(boot)] = np.nan  # a resample with d = 0 has no effect to measure
         return np.nanpercentile(boot, [tail, 100 - tail], axis=0).T
 
 

@@ -1,4 +1,4 @@
-"""The paper's text metrics on hand-computed examples, and SSIM / PSNR / MSE known answers."""
+"""The paper's text metrics on hand-computed examples, SSIM / PSNR / MSE known answers, sparse-score CIs."""
 
 from __future__ import annotations
 
@@ -87,3 +87,15 @@ def test_more_noise_scores_worse(image):
     assert metrics.mse(image, light) < metrics.mse(image, heavy)
     with pytest.raises(ValueError, match="shape"):
         metrics.mse(image, image[:10])
+
+
+def test_bootstrap_leaves_out_resamples_without_an_effect():
+    """Sparse scores (OCR reads the word in one sample of three): resamples with donor == base are dropped."""
+    from multiloc.stats import bootstrap_ci
+
+    base, donor = np.zeros(3), np.array([1.0, 0.0, 0.0])
+    patched = np.array([[1.0], [0.5], [0.0]])  # a resample of samples 1 and 2 only: 0.5 / 0 = inf
+    lo, hi = bootstrap_ci(base, donor, patched, n_boot=200)[0]
+    # with sample 0 drawn k0 times and sample 1 k1 times the effect is 1 + 0.5 k1 / k0: in [1, 2]
+    assert 1.0 <= lo <= hi <= 2.0
+    assert np.isnan(bootstrap_ci(base, base, patched, n_boot=50)).all()

@@ -35,6 +35,7 @@ def test_ocr_scores_against_the_target(ocr_scorer):
     # "sun": s and n match, P = 2/6, R = 2/3, F1 = 4/9
     summary = ocr_scorer.summarize(ocr_scorer.evaluate([img, img], ["listen", "silent"])[1])
     assert summary["f1"] == 1.0 and summary["word_accuracy"] == 0.5 and summary["read_nothing"] == 0
+    assert summary["texts"] == ["silent", "silent"]
 
 
 def test_unknown_ocr_backend_is_a_user_error():

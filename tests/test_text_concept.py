@@ -96,7 +96,7 @@ def test_scan_with_ocr_runs_end_to_end(tmp_path, tiny_sd, ocr_scorer):
     assert set(metrics["sites"]) == {s.name for s in tiny_sd.sites}
     # a 16 x 16 image of random weights holds no words: OCR reads nothing, F1 is 0 everywhere
     assert metrics["base"]["read_nothing"] == metrics["donor"]["read_nothing"] == 2
-    assert metrics["donor"]["f1"] == 0.0
+    assert metrics["donor"]["f1"] == 0.0 and metrics["donor"]["texts"] == ["", ""]
     assert all(math.isnan(e) for e in result.effects.values()) and result.selected == []
     assert all(s["effect"] is None for s in saved["sites"])
     assert any("OCR read no text" in w for w in saved["warnings"])

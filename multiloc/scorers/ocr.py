@@ -12,7 +12,8 @@ Backends:
 The score of one image is the paper's character-multiset F1 of the text read against the target
 (see :mod:`multiloc.metrics`): graded, so a half-written word counts for something, and it penalizes
 both missing and extra characters. Per row, ``result.json`` also reports corpus precision, recall,
-F1 = 2PR / (P + R), exact word accuracy and Levenshtein similarity, as the paper tabulates them.
+F1 = 2PR / (P + R), exact word accuracy and Levenshtein similarity, as the paper tabulates them, and
+the texts read (one per sample, in the order of ``samples.ids``).
 
 Example::
 
@@ -109,7 +110,8 @@ class OcrScorer(Scorer):
     reference = False
     meaning = ("per image, the character-multiset F1 of the OCR'd text against the donor's word (the paper's "
                "metric; order-blind); effects are ratios of its means. metrics.* are corpus values per row: "
-               "mean precision P and recall R, f1 = 2PR/(P+R), exact word accuracy, Levenshtein similarity")
+               "mean precision P and recall R, f1 = 2PR/(P+R), exact word accuracy, Levenshtein similarity, "
+               "and the texts read, one per sample")
     flat_hint = ("OCR read no text that tells base from donor: the model does not write legible words at "
                  "these settings (a random-weight toy model never does); try more --steps, the model's own "
                  "resolution, or a model that renders text")
@@ -136,4 +138,5 @@ class OcrScorer(Scorer):
         return self.evaluate(outputs, targets)[0]
 
     def summarize(self, records: Sequence[dict[str, Any]]) -> dict[str, Any]:
-        return {**metrics.summarize_text(records), "read_nothing": sum(not r["text"] for r in records)}
+        return {**metrics.summarize_text(records), "read_nothing": sum(not r["text"] for r in records),
+                "texts": [r["text"] for r in records]}
