@@ -176,6 +176,7 @@ POOLED_HELP = ("also make the pooled text embedding a site of its own, kind 'poo
 
 def build_parser() -> argparse.ArgumentParser:
     from .localize import METHODS
+    from .scorers import scorer_names
 
     parser = _Parser(prog="multiloc", description="Find the few layers of a generative model that "
                      "control a concept, and use them.")
@@ -205,7 +206,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--heads", help="head-level patching: 'each' scans every head of the chosen sites as a "
                    "unit (SITE#hN); '0,3' patches only those heads of each site (default: whole sites)")
     p.add_argument("--pooled", action="store_true", help=POOLED_HELP)
-    p.add_argument("--scorer", help="override the concept's scorer (e.g. reference)")
+    p.add_argument("--scorer", help=f"override the concept's scorer ({', '.join(scorer_names())})")
     p.add_argument("--device", help="cpu, cuda, cuda:N or mps (default: cuda if available)")
     p.add_argument("--dtype", default="auto", choices=DTYPES, help="weights dtype (auto: fp16 on cuda, else fp32)")
     p.add_argument("--out", help="output directory (default: multiloc-out/MODEL-CONCEPT); rerun to resume")

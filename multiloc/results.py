@@ -141,7 +141,8 @@ class Result:
 class ScanState:
     """Finished work of a scan, kept in ``DIR/.scan-state.json`` so an interrupted scan resumes.
 
-    Work is keyed by sample (``"pair/seed"``) and row (``"base"``, ``"donor"``, a site name). A state
+    Work is keyed by sample (``"pair/seed"``) and row (``"base"``, ``"donor"``, a site name); a
+    scorer's per-row records of further metrics (``records``) are kept under the same keys. A state
     written under a different configuration (its fingerprint differs) is ignored and replaced.
     """
 
@@ -151,6 +152,7 @@ class ScanState:
         self.path = Path(directory) / self.FILE if directory is not None else None
         self.fingerprint = hashlib.sha256(json.dumps(config, sort_keys=True, default=str).encode()).hexdigest()
         self.samples: dict[str, dict[str, float]] = {}
+        self.records: dict[str, dict[str, Any]] = {}
         self.resumed = 0
         if self.path and self.path.exists():
             try:
@@ -159,6 +161,7 @@ class ScanState:
                 data = {}
             if data.get("fingerprint") == self.fingerprint:
                 self.samples = data.get("samples", {})
+                self.records = data.get("records", {})
                 self.resumed = sum(len(v) for v in self.samples.values())
 
     def get(self, sample: str) -> dict[str, float]:
@@ -166,7 +169,8 @@ class ScanState:
 
     def flush(self) -> None:
         if self.path is not None:
-            write_atomic(self.path, json.dumps({"fingerprint": self.fingerprint, "samples": self.samples}))
+            write_atomic(self.path, json.dumps({"fingerprint": self.fingerprint, "samples": self.samples,
+                                                "records": self.records}))
 
     def clear(self) -> None:
         if self.path is not None:

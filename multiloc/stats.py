@@ -14,6 +14,8 @@ Example::
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 
 SELECTION_RULE = ("sites whose effect is at least {rel:g} x the top effect and at least {min_effect:g}, "
@@ -41,10 +43,15 @@ def bootstrap_ci(base: np.ndarray, donor: np.ndarray, patched: np.ndarray, n_boo
     idx = rng.integers(0, n, size=(n_boot, n))
     d = (donor - base)[idx].mean(axis=1)  # (B,)
     p = (patched - base[:, None])[idx].mean(axis=1)  # (B, N)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        boot = p / d[:, None]
     tail = (1 - level) / 2 * 100
-    return np.nanpercentile(boot, [tail, 100 - tail], axis=0).T
+    # Resamples where donor and base score alike (likely with sparse scores such as OCR's) have no
+    # effect and are left out; when all are (a scorer that sees nothing), the interval is NaN, which
+    # the scan reports with a warning of its own.
+    with np.errstate(divide="ignore", invalid="ignore"), warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        boot = p / d[:, None]
+        boot[~np.isfinite(boot)] = np.nan  # a resample with d = 0 has no effect to measure
+        return np.nanpercentile(boot, [tail, 100 - tail], axis=0).T
 
 
 def select(eff: np.ndarray, rel: float = 0.5, min_effect: float = 0.1) -> list[int]:

@@ -68,3 +68,35 @@ def tiny_image(request: pytest.FixtureRequest) -> multiloc.Model:
 def colour() -> multiloc.Concept:
     return multiloc.Concept(name="colour", scorer="reference",
                             pairs=[("a red cube", "a blue cube"), ("a green ball", "a yellow ball")])
+
+
+def require_tesseract() -> None:
+    """Skip where Tesseract is missing on a developer's machine; in CI (CI=true) fail loudly instead."""
+    import shutil
+
+    if shutil.which("tesseract") or os.environ.get("TESSERACT_CMD"):
+        return
+    if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
+        pytest.fail("Tesseract is not installed on this CI machine; the set-up (make setup) installs "
+                    "tesseract-ocr, so the OCR tests must run here")
+    pytest.skip("Tesseract is not installed (apt-get install tesseract-ocr); CI runs these tests")
+
+
+@pytest.fixture(scope="session")
+def ocr_scorer():
+    require_tesseract()
+    return multiloc.get_scorer("ocr")
+
+
+def render_word(word: str, size: tuple[int, int] = (160, 64), font_size: int = 28):
+    """A word in black on white, as an HxWx3 float array in [0, 1] (the form image models return).
+
+    PIL's built-in scalable font (Pillow >= 10.1) needs no font files on the machine.
+    """
+    import numpy as np
+    from PIL import Image, ImageDraw, ImageFont
+
+    img = Image.new("RGB", size, "white")
+    ImageDraw.Draw(img).text((size[0] // 2, size[1] // 2), word, fill="black",
+                             font=ImageFont.load_default(size=font_size), anchor="mm")
+    return np.asarray(img, dtype=np.float32) / 255

@@ -97,7 +97,7 @@ def scan(model: Model | Any, concept: Concept | str, method: str = "patch", *, s
     warnings = []
     if not np.isfinite(eff).any():
         warnings.append(f"the {scorer.name} scorer scores donor and base alike, so no effect can be "
-                        "measured; check the concept's pairs and scorer")
+                        f"measured; {scorer.flat_hint or 'check the concept pairs and the scorer'}")
     result = Result(
         model=model.name, concept=concept.name, method=method,
         sites=[SiteEffect(u.index, u.name, float(e), [float(c) for c in c2]) for u, e, c2 in zip(units, eff, ci)],
@@ -108,6 +108,11 @@ def scan(model: Model | Any, concept: Concept | str, method: str = "patch", *, s
                            "patched": raw.patched.tolist()},
                "resumed_rows": state.resumed, "warnings": warnings},
     )
+    if raw.records:
+        result.extra["metrics"] = {
+            "score": scorer.meaning or f"the {scorer.name} score",
+            "base": scorer.summarize(raw.records["base"]), "donor": scorer.summarize(raw.records["donor"]),
+            "sites": {s.name: scorer.summarize(raw.records[s.name]) for s in chosen}}
     if out is not None and samples and chosen:
         result.extra["sample_files"] = _write_samples(model, concept, result, Path(out), steps, guidance, window,
                                                       {u.name: u for u in units})

@@ -13,7 +13,7 @@ so N sites cost about N / (B - 1) generations instead of the papers' 1 + N.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 from tqdm.auto import tqdm
@@ -57,12 +57,15 @@ def units_for(sites: Sequence[Site], heads: str | Sequence[int] | None) -> list[
 
 @dataclass
 class Scores:
-    """Raw scores: ``base``/``donor`` per sample (U,), ``patched`` per sample and site (U, N)."""
+    """Raw scores: ``base``/``donor`` per sample (U,), ``patched`` per sample and site (U, N);
+    ``records``: the scorer's per-output records by row (``"base"``, ``"donor"``, site name), one per
+    sample, where the scorer keeps any."""
 
     samples: list[str]
     base: np.ndarray
     donor: np.ndarray
     patched: np.ndarray
+    records: dict[str, list[dict]] = field(default_factory=dict)
 
 
 def chunks(n_sites: int, batch_size: int) -> list[tuple[bool, range]]:
@@ -101,17 +104,25 @@ def patch_scores(model: Model, concept: Concept, scorer: Scorer, sites: Sequence
             # The donor is scored once (chunk 0); later chunks only need it as the reference.
             scored = outs if with_base else outs[1:]
             targets = [outs[0] if scorer.reference else target] * len(scored)
-            values = scorer.score(scored, targets)
+            values, records = scorer.evaluate(scored, targets)
             names = (["donor", "base"] if with_base else []) + [sites[i].name for i in todo]
             done.update(zip(names, map(float, values)))
+            if records is not None:
+                state.records.setdefault(f"{p}/{seed}", {}).update(zip(names, records))
             state.flush()
             bar.update(1)
     bar.close()
     keys = [f"{p}/{s}" for p, s in samples]
     rows = [state.get(k) for k in keys]
+    kept = [state.records.get(k, {}) for k in keys]
+    names = ["base", "donor"] + [s.name for s in sites]
+    # Records only when every row of every sample has one (a scorer that keeps none: empty).
+    records = ({n: [r[n] for r in kept] for n in names}
+               if all(n in r for r in kept for n in names) else {})
     return Scores(
         samples=keys,
         base=np.array([r["base"] for r in rows]),
         donor=np.array([r["donor"] for r in rows]),
         patched=np.array([[r[s.name] for s in sites] for r in rows]).reshape(len(rows), len(sites)),
+        records=records,
     )

@@ -4,6 +4,10 @@ A scorer returns one float per output, higher meaning more of the concept. ``ref
 compare each output with the donor's own output (``targets`` are outputs); the others look for a
 text target (``targets`` are strings: a word for OCR, a caption for CLIP/CLAP).
 
+A scorer may also keep per-output records of further metrics (:meth:`Scorer.evaluate`, e.g. the
+text OCR read and its precision / recall) and sum them up over a corpus (:meth:`Scorer.summarize`);
+a scan then reports those summaries for the base, the donor and every site in ``result.json``.
+
 Example::
 
     scorer = multiloc.get_scorer("reference")
@@ -25,14 +29,28 @@ class Scorer:
     name: ClassVar[str] = ""
     modality: ClassVar[str] = "any"  # "image", "audio" or "any"
     reference: ClassVar[bool] = False  # True: targets are the donor's outputs
+    meaning: ClassVar[str] = ""  # what one score is, for result.json
+    flat_hint: ClassVar[str] = ""  # why donor and base might score alike, for the scan's warning
 
     def score(self, outputs: Sequence[Any], targets: Sequence[Any]) -> list[float]:
         raise NotImplementedError
+
+    def evaluate(self, outputs: Sequence[Any], targets: Sequence[Any]
+                 ) -> tuple[list[float], list[dict[str, Any]] | None]:
+        """Scores and per-output records of further metrics (JSON-safe dicts), or ``None``."""
+        return self.score(outputs, targets), None
+
+    def summarize(self, records: Sequence[dict[str, Any]]) -> dict[str, Any]:
+        """Corpus-level metrics from the records of several outputs (default: none)."""
+        return {}
 
 
 # name -> "module:Class", imported on first use so heavy scorers cost nothing until asked for.
 BUILTIN: dict[str, str] = {
     "reference": "multiloc.scorers.reference:ReferenceScorer",
+    "ocr": "multiloc.scorers.ocr:OcrScorer",
+    "clip": "multiloc.scorers.clip:ClipScorer",
+    "toxicity": "multiloc.scorers.toxicity:ToxicityScorer",
 }
 _EXTRA: dict[str, type[Scorer]] = {}
 
