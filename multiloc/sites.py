@@ -52,6 +52,10 @@ class SiteRule:
     kv: tuple[str, ...] | None = None  # defaults to the taps
     stream: str | Callable[[str, nn.Module], str] = "text"
     tokens: tuple[int, int | None] | None = None
+    # For the one-pass contribution method: the taps holding the conditioning's values, and value
+    # projections of other (image) tokens that share the softmax and must be silenced.
+    values: tuple[str, ...] = ()
+    image_values: tuple[str, ...] = ()
 
     def __repr__(self) -> str:  # the lambda makes the default repr noisy
         return f"SiteRule(kind={self.kind!r}, ...)"
@@ -72,6 +76,8 @@ class Site:
     block: str
     taps: tuple[Tap, ...]
     params: dict[str, int] = field(default_factory=dict)
+    values: tuple[Tap, ...] = ()
+    image_values: tuple[str, ...] = ()
 
     def to_dict(self, total_params: int | None = None) -> dict:
         """The JSON form used by ``multiloc sites --json``."""
@@ -114,6 +120,7 @@ def find_sites(denoiser: nn.Module, rules: Sequence[SiteRule], block_order: Sequ
             name=name, index=index, kind=rule.kind, stream=stream, block=_block_of(name),
             taps=tuple(Tap(t, rule.tokens) for t in rule.taps),
             params={"kv": sum(_count(module.get_submodule(p)) for p in kv), "qkvo": _count(module)},
+            values=tuple(Tap(v, rule.tokens) for v in rule.values), image_values=rule.image_values,
         ))
     return sites
 

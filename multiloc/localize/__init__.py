@@ -1,5 +1,12 @@
 """Localization: :func:`scan` finds the sites that carry a concept. One file per method.
 
+- ``patch``: each site alone patched from the donor (the papers' sweep, batched) — ``patch.py``
+- ``trace``: causal tracing, restore one site's clean conditioning in a corrupted run — ``trace.py``
+- ``contribution``: one generation, attention output flowing from the concept's tokens — ``contribution.py``
+
+Extras on top of a patching method: ``adaptive`` sampling (``adaptive.py``), set ``search``
+(``search.py``) and a site x step map (``stepmap.py``).
+
 Example::
 
     result = multiloc.scan("tiny-sd", "colour", method="patch", seeds=2, steps=10, batch_size=8)
@@ -10,6 +17,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -18,27 +26,30 @@ import numpy as np
 from .. import stats
 from ..concepts import Concept
 from ..errors import UserError
-from ..interventions import StepWindow
+from ..interventions import Patch, StepWindow
 from ..media import save_output
 from ..model import Model, load
 from ..results import Result, ScanState, SiteEffect
 from ..scorers import Scorer, get_scorer
 from ..sites import select_sites
+from .sweep import Unit, evaluate
 
-METHODS = ("patch",)
+METHODS = ("patch", "contribution", "trace")
+SEARCHES = ("greedy", "window")
 
 
 def scan(model: Model | Any, concept: Concept | str, method: str = "patch", *, seeds: int = 2,
          steps: int | None = None, guidance: float | None = None, batch_size: int = 8,
          sites: str | Sequence[str] | None = None, step_window: str | StepWindow | None = None,
          scorer: Scorer | str | None = None, out: str | Path | None = None, progress: bool = True,
-         samples: bool = True, n_boot: int = 1000) -> Result:
+         samples: bool = True, n_boot: int = 1000, adaptive: bool = False, search: str | None = None,
+         window_size: int = 3, tau: float = 0.9, step_map: int = 0) -> Result:
     """Localize ``concept`` in ``model``.
 
     Args:
         model: a :class:`Model`, or anything :func:`multiloc.load` takes.
         concept: a :class:`Concept`, a built-in concept name or a concept YAML path.
-        method: ``"patch"`` (single-site patching, batched).
+        method: ``"patch"``, ``"trace"`` or ``"contribution"`` (see the module docstring).
         seeds: seeds per prompt pair (samples = pairs x seeds).
         steps, guidance: denoising steps and CFG scale (default: the model's settings).
         batch_size: prompt rows per generation (CFG doubles them inside the pipeline); at least 2.
@@ -47,6 +58,10 @@ def scan(model: Model | Any, concept: Concept | str, method: str = "patch", *, s
         scorer: overrides the concept's scorer.
         out: a directory for result files and the resume state; ``None`` keeps everything in memory.
         samples: with ``out``, also write base / donor / top-site outputs of the first sample.
+        adaptive: successive halving over samples (patch/trace): fewer rows, same leaders.
+        search: ``"greedy"`` or ``"window"`` set search after the ranking (patch/trace).
+        window_size, tau: the window search's width; the greedy search's target joint effect.
+        step_map: cut the steps into this many windows and map the top sites' effect per window.
 
     Returns:
         A :class:`Result`: ``ranking``, ``effects``, ``selected`` and per-site bootstrap CIs.
@@ -54,9 +69,14 @@ def scan(model: Model | Any, concept: Concept | str, method: str = "patch", *, s
     start = time.perf_counter()
     if method not in METHODS:
         raise UserError(f"unknown method {method!r}; known: {', '.join(METHODS)}")
-    for label, value, least in (("seeds", seeds, 1), ("batch size", batch_size, 2), ("steps", steps, 1)):
+    if search is not None and search not in SEARCHES:
+        raise UserError(f"unknown search {search!r}; known: {', '.join(SEARCHES)}")
+    for label, value, least in (("seeds", seeds, 1), ("batch size", batch_size, 2), ("steps", steps, 1),
+                                ("window size", window_size, 1), ("step map", step_map, 0)):
         if value is not None and value < least:
             raise UserError(f"{label} must be at least {least}, got {value}")
+    if not 0 < tau <= 1.5:
+        raise UserError(f"tau is a target joint effect (1 = the donor's score), got {tau}")
     if not isinstance(model, Model):
         model = load(model)
     if not isinstance(concept, Concept):
@@ -73,22 +93,58 @@ def scan(model: Model | Any, concept: Concept | str, method: str = "patch", *, s
     chosen = select_sites(model.sites, sites)
     steps = steps or model.settings["steps"]
     guidance = model.settings["guidance"] if guidance is None else guidance
+    warnings: list[str] = []
+    if method == "contribution":
+        from .contribution import supported
+
+        if not supported(chosen):
+            warnings.append("some sites declare no value taps to read attention from; fell back to patch")
+            method = "patch"
     config = {"seeds": seeds, "steps": steps, "guidance": guidance, "batch_size": batch_size,
               "step_window": [window.start, window.end], "scorer": scorer.name,
-              "sites": [s.name for s in chosen], "pairs": len(concept.pairs),
+              "sites": [s.name for s in chosen], "pairs": len(concept.pairs), "adaptive": adaptive,
+              "search": search, "step_map": step_map,
               "device": str(model.device), "dtype": str(next(model.denoiser.parameters()).dtype)}
-    identity = {**config, "model": model.name, "method": method, "pairs": [vars(p) for p in concept.pairs],
-                "target": concept.target, "batch_size": None, "seeds": None}
+    identity = {k: config[k] for k in ("steps", "guidance", "step_window", "scorer")}
+    identity.update(model=model.name, method=method, pairs=[vars(p) for p in concept.pairs], target=concept.target)
     state = ScanState(out, identity)
+    extra: dict[str, Any] = {}
+    seed_ids = range(seeds)
 
-    from .patch import patch_scores
+    if method == "contribution":
+        from .contribution import contribution_scores
 
-    raw = patch_scores(model, concept, scorer, chosen, seeds=range(seeds), steps=steps, guidance=guidance,
-                       batch_size=batch_size, window=window, state=state, progress=progress)
-    eff = stats.effects(raw.base, raw.donor, raw.patched)
-    ci = stats.bootstrap_ci(raw.base, raw.donor, raw.patched, n_boot=n_boot)
+        raw = contribution_scores(model, concept, chosen, seeds=seed_ids, steps=steps, guidance=guidance,
+                                  batch_size=batch_size, progress=progress)
+        top = float(np.max(raw.mean(axis=0))) or 1.0
+        eff = raw.mean(axis=0) / top
+        ci = stats.bootstrap_mean_ci(raw / top, n_boot=n_boot)
+        extra["contribution"] = {"raw": raw.mean(axis=0).tolist(), "per_sample": raw.tolist()}
+        extra["effect"] = "contribution relative to the top site (top = 1)"
+        units = []
+    else:
+        from .patch import single_site_rows
+        from .trace import trace_units
+
+        units = trace_units(model, concept, seed_ids) if method == "trace" else [
+            Unit(f"{p}/{s}", s, pair.base, pair.donor, concept.target_for(pair))
+            for p, pair in enumerate(concept.pairs) for s in seed_ids]
+        run = partial(evaluate, model, scorer, steps=steps, guidance=guidance, batch_size=batch_size,
+                      window=window, state=state, progress=progress, desc=method)
+        rows = single_site_rows(chosen)
+        if adaptive:
+            from .adaptive import successive_halving
+
+            eff, ci, extra["adaptive"] = successive_halving(run, units, rows, n_boot=n_boot)
+        else:
+            raw = run(units, rows)
+            eff = stats.effects(raw.base, raw.donor, raw.rows)
+            ci = stats.bootstrap_ci(raw.base, raw.donor, raw.rows, n_boot=n_boot)
+            extra["samples"] = {"ids": raw.units, "base": raw.base.tolist(), "donor": raw.donor.tolist(),
+                                "patched": raw.rows.tolist()}
+        extra["effect"] = ("mean(s(restored) - s(corrupted)) / mean(s(clean) - s(corrupted)) over samples"
+                           if method == "trace" else "mean(s(patched) - s(base)) / mean(s(donor) - s(base)) over samples")
     picked = stats.select(eff)
-    warnings = []
     if not np.isfinite(eff).any():
         warnings.append(f"the {scorer.name} scorer scores donor and base alike, so no effect can be "
                         "measured; check the concept's pairs and scorer")
@@ -96,12 +152,26 @@ def scan(model: Model | Any, concept: Concept | str, method: str = "patch", *, s
         model=model.name, concept=concept.name, method=method,
         sites=[SiteEffect(s.index, s.name, float(e), [float(c) for c in c2]) for s, e, c2 in zip(chosen, eff, ci)],
         selected=[chosen[i].name for i in picked], runtime_s=0.0, config=config,
-        extra={"selection_rule": stats.SELECTION_RULE.format(rel=0.5, min_effect=0.1),
-               "effect": "mean(s(patched) - s(base)) / mean(s(donor) - s(base)) over samples",
-               "samples": {"ids": raw.samples, "base": raw.base.tolist(), "donor": raw.donor.tolist(),
-                           "patched": raw.patched.tolist()},
+        extra={"selection_rule": stats.SELECTION_RULE.format(rel=0.5, min_effect=0.1), **extra,
                "resumed_rows": state.resumed, "warnings": warnings},
     )
+    if (search or step_map) and not units:  # contribution: set search and step maps need patching
+        units = [Unit(f"{p}/{s}", s, pair.base, pair.donor, concept.target_for(pair))
+                 for p, pair in enumerate(concept.pairs) for s in seed_ids]
+    if search or step_map:
+        run_rows = partial(evaluate, model, scorer, units, steps=steps, guidance=guidance, batch_size=batch_size,
+                           window=window, state=state, progress=progress)
+        if search:
+            from . import search as set_search
+
+            result.extra["set_search"] = (set_search.greedy(partial(run_rows, desc="greedy"), chosen, tau=tau)
+                                          if search == "greedy" else
+                                          set_search.windows(partial(run_rows, desc="window"), chosen, window_size))
+        if step_map:
+            from .stepmap import step_map as map_steps
+
+            top_sites = result.selected or result.ranking[:3]
+            result.extra["step_map"] = map_steps(partial(run_rows, desc="step map"), top_sites, steps, step_map)
     if out is not None and samples and chosen:
         result.extra["sample_files"] = _write_samples(model, concept, result, Path(out), steps, guidance, window)
     result.runtime_s = time.perf_counter() - start
@@ -114,8 +184,6 @@ def scan(model: Model | Any, concept: Concept | str, method: str = "patch", *, s
 def _write_samples(model: Model, concept: Concept, result: Result, out: Path, steps: int,
                    guidance: float, window: StepWindow) -> list[str]:
     """Base, donor, top site patched and the selected set patched, for the first pair and seed 0."""
-    from ..interventions import Patch
-
     pair = concept.pairs[0]
     top = result.ranking[0]
     index = next(s.index for s in result.sites if s.name == top)

@@ -1,88 +1,16 @@
-"""The ``patch`` method: every site as a row of batched generations.
+"""The ``patch`` method: every site alone, patched from the donor, as rows of batched generations.
 
-For each prompt pair and seed, rows are the donor, the base, and the base with one site's
-conditioning taps patched from the donor row (same step, same noise). Rows are chunked into
-generations of ``batch_size`` prompts (the donor rides in every chunk as the in-batch source):
-
-    chunk 0:  [donor, base, base+site0, base+site1, ...]
-    chunk 1:  [donor, base+site(B-2), ...]
-
-so N sites cost about N / (B - 1) generations instead of the papers' 1 + N.
+N sites cost about N / (B - 1) generations of B prompt rows per sample instead of the papers' 1 + N.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
 
-import numpy as np
-from tqdm.auto import tqdm
-
-from ..concepts import Concept
-from ..interventions import Patch, StepWindow
-from ..model import Model
-from ..results import ScanState
-from ..scorers import Scorer
 from ..sites import Site
+from .sweep import Row
 
 
-@dataclass
-class Scores:
-    """Raw scores: ``base``/``donor`` per sample (U,), ``patched`` per sample and site (U, N)."""
-
-    samples: list[str]
-    base: np.ndarray
-    donor: np.ndarray
-    patched: np.ndarray
-
-
-def chunks(n_sites: int, batch_size: int) -> list[tuple[bool, range]]:
-    """(with_base, site range) per generation: chunk 0 also holds the base row."""
-    out, start, first = [], 0, True
-    while start < n_sites or first:
-        room = batch_size - (2 if first else 1)
-        out.append((first, range(start, min(start + room, n_sites))))
-        start += room
-        first = False
-    return out
-
-
-def patch_scores(model: Model, concept: Concept, scorer: Scorer, sites: Sequence[Site], *,
-                 seeds: Sequence[int], steps: int, guidance: float, batch_size: int,
-                 window: StepWindow, state: ScanState, progress: bool = True) -> Scores:
-    """Score base, donor and every single-site patch for every pair and seed (resumable)."""
-    plan_chunks = chunks(len(sites), batch_size)
-    samples = [(p, s) for p in range(len(concept.pairs)) for s in seeds]
-    bar = tqdm(total=len(samples) * len(plan_chunks), desc=f"patch {model.name}", unit="gen",
-               disable=not progress)
-    for p, seed in samples:
-        pair = concept.pairs[p]
-        done = state.get(f"{p}/{seed}")
-        target = None if scorer.reference else concept.target_for(pair)
-        for with_base, site_range in plan_chunks:
-            todo = [i for i in site_range if sites[i].name not in done]
-            if not todo and (not with_base or "base" in done):
-                bar.update(1)
-                continue
-            prompts = [pair.donor] + ([pair.base] if with_base else []) + [pair.base] * len(todo)
-            first = 2 if with_base else 1
-            plan = [Patch(sites[i].name, rows=(first + j,), source=0, window=window)
-                    for j, i in enumerate(todo)]
-            outs = model.generate(prompts, plan, seed=seed, steps=steps, guidance=guidance)
-            # The donor is scored once (chunk 0); later chunks only need it as the reference.
-            scored = outs if with_base else outs[1:]
-            targets = [outs[0] if scorer.reference else target] * len(scored)
-            values = scorer.score(scored, targets)
-            names = (["donor", "base"] if with_base else []) + [sites[i].name for i in todo]
-            done.update(zip(names, map(float, values)))
-            state.flush()
-            bar.update(1)
-    bar.close()
-    keys = [f"{p}/{s}" for p, s in samples]
-    rows = [state.get(k) for k in keys]
-    return Scores(
-        samples=keys,
-        base=np.array([r["base"] for r in rows]),
-        donor=np.array([r["donor"] for r in rows]),
-        patched=np.array([[r[s.name] for s in sites] for r in rows]).reshape(len(rows), len(sites)),
-    )
+def single_site_rows(sites: Sequence[Site]) -> list[Row]:
+    """One row per site."""
+    return [Row((s.name,)) for s in sites]
