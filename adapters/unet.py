@@ -50,8 +50,9 @@ class UNetAdapter(Adapter):
     denoiser_classes = ("UNet2DConditionModel",)
     block_order = ("down_blocks", "mid_block", "up_blocks")
     site_rules = (
-        SiteRule(kind="cross_attn", where=is_cross_attn, taps=("to_k", "to_v")),
-        SiteRule(kind="cross_attn", where=is_added_kv_attn, taps=("add_k_proj", "add_v_proj")),
+        SiteRule(kind="cross_attn", where=is_cross_attn, taps=("to_k", "to_v"), values=("to_v",)),
+        SiteRule(kind="cross_attn", where=is_added_kv_attn, taps=("add_k_proj", "add_v_proj"),
+                 values=("add_v_proj",), image_values=("to_v",)),
     )
     defaults = {"steps": 50, "guidance": 7.5}
 

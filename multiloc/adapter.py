@@ -28,6 +28,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from .errors import UserError
 from .sites import Site, SiteRule, find_sites
 
 Conditioning = dict[str, torch.Tensor]
@@ -44,6 +45,9 @@ class Adapter:
     site_rules: ClassVar[tuple[SiteRule, ...]] = ()
     block_order: ClassVar[tuple[str, ...]] = ()
     calls_per_step: ClassVar[int] = 1
+    # Conditioning entries laid out token by token like the tokenizer's output (causal tracing
+    # corrupts the concept's positions in these).
+    sequence_keys: ClassVar[tuple[str, ...]] = ("prompt_embeds",)
     # Family defaults; a registry entry overrides them with the settings its paper used.
     defaults: ClassVar[dict[str, Any]] = {"steps": 50, "guidance": 7.5}
 
@@ -59,6 +63,14 @@ class Adapter:
     def pipeline_kwargs(self, pipe: Any, settings: dict[str, Any]) -> dict[str, Any]:
         """Extra keyword arguments for the pipeline call (size, audio length ...)."""
         return {k: settings[k] for k in ("height", "width") if settings.get(k)}
+
+    def token_positions(self, pipe: Any, prompt: str, words: Sequence[str]) -> list[int]:
+        """Positions, in the sequence the sites read, of the tokens that spell ``words`` in ``prompt``.
+
+        Uses the fast tokenizer's character offsets, so special tokens (BOS) are accounted for. A
+        family whose sites read a concatenation of several encoders overrides this.
+        """
+        return offsets_positions(pipe.tokenizer, prompt, words)
 
     # --- shared machinery -------------------------------------------------------------------
     def handles(self, pipe: Any) -> bool:
@@ -96,3 +108,20 @@ class Adapter:
         """Turn the pipeline's output into one array per row."""
         images = pipeline_output.images
         return [np.asarray(img, dtype=np.float32) for img in images]
+
+
+def offsets_positions(tokenizer: Any, prompt: str, words: Sequence[str], offset: int = 0) -> list[int]:
+    """Token positions of ``words`` (whole words, case-insensitive) in ``prompt``, plus ``offset``.
+
+    >>> offsets_positions(pipe.tokenizer, "a blue cube", ["blue"])
+    [2]
+    """
+    import re
+
+    if not getattr(tokenizer, "is_fast", False):
+        raise UserError(f"{type(tokenizer).__name__} gives no character offsets; load a fast tokenizer")
+    spans = [m.span() for w in words for m in re.finditer(rf"\b{re.escape(w)}\b", prompt, re.IGNORECASE)]
+    enc = tokenizer(prompt, return_offsets_mapping=True, truncation=True,
+                    max_length=getattr(tokenizer, "model_max_length", 512))
+    return [offset + i for i, (a, b) in enumerate(enc["offset_mapping"])
+            if b > a and any(a < e and b > s for s, e in spans)]

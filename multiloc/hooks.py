@@ -42,10 +42,12 @@ class StepCounter:
 @contextmanager
 def hooks(forward: Sequence[tuple[nn.Module, Callable]] = (),
           pre: Sequence[tuple[nn.Module, Callable]] = (),
-          pre_kw: Sequence[tuple[nn.Module, Callable]] = ()) -> Iterator[None]:
+          pre_kw: Sequence[tuple[nn.Module, Callable]] = (),
+          forward_kwargs: Sequence[tuple[nn.Module, Callable]] = ()) -> Iterator[None]:
     """Register forward hooks and forward pre-hooks; remove all of them on exit, whatever happens.
 
-    ``pre_kw`` pre-hooks see and may replace the keyword arguments: ``fn(module, args, kwargs)``.
+    ``pre_kw`` pre-hooks see and may replace the keyword arguments: ``fn(module, args, kwargs)``;
+    ``forward_kwargs`` hooks also see the call's keyword arguments: ``fn(module, args, kwargs, out)``.
 
     >>> with hooks(forward=[(unet.mid_block, lambda m, a, o: print(o.shape))]):
     ...     unet(x, t, ehs)
@@ -58,6 +60,8 @@ def hooks(forward: Sequence[tuple[nn.Module, Callable]] = (),
             handles.append(module.register_forward_pre_hook(fn, with_kwargs=True))
         for module, fn in forward:
             handles.append(module.register_forward_hook(fn))
+        for module, fn in forward_kwargs:
+            handles.append(module.register_forward_hook(fn, with_kwargs=True))
         yield
     finally:
         for h in handles:
@@ -140,4 +144,67 @@ def capture(denoiser: nn.Module, sites: Sequence[Site]) -> Iterator[dict[tuple[s
     pre_kw = [(denoiser.get_submodule(s.name), make_pre_hook((s.name, _key(t)), t.kwarg))
               for s in sites for t in s.taps if t.kwarg is not None]
     with hooks(forward=forward, pre_kw=pre_kw):
+        yield store
+
+
+def _token_norm(x: torch.Tensor) -> torch.Tensor:
+    """Mean over positions of the per-position vector norm: (B, N, D) or (B, C, H, W) -> (B,)."""
+    x = x.float()
+    return x.norm(dim=-1).mean(dim=-1) if x.dim() == 3 else x.norm(dim=1).flatten(1).mean(dim=1)
+
+
+@contextmanager
+def contributions(denoiser: nn.Module, sites: Sequence[Site], masks: torch.Tensor,
+                  ) -> Iterator[dict[str, list[torch.Tensor]]]:
+    """Per site and denoiser call, the size of the attention output that flows from masked tokens.
+
+    ``masks`` is (rows, tokens): True at each row's concept tokens. At every site call the attention
+    runs twice more: once with every value zeroed but the concept tokens' (``site.values``, and the
+    image values ``site.image_values`` silenced), once with all values zeroed. Their difference is
+    exactly W_O · Σ_{j ∈ concept} A[i, j] V[j] (bias and residual cancel), computed by the model's
+    own attention code, so masks, norms and concatenated keys are handled as the model handles them;
+    no attention map is stored. The store maps a site to one (rows,) tensor per call: the mean over
+    output positions of its norm, for the conditional copy of each row (the last CFG copy).
+    """
+    n_rows = masks.shape[0]
+    store: dict[str, list[torch.Tensor]] = defaultdict(list)
+    mode: dict[str, str | None] = {"site": None, "what": None}
+
+    def value_hook(site: Site, tokens: tuple[int, int | None] | None, image: bool) -> Callable:
+        def hook(module: nn.Module, args: tuple, out: torch.Tensor) -> torch.Tensor | None:
+            if mode["site"] != site.name:
+                return None
+            if image or mode["what"] == "zero":
+                return torch.zeros_like(out)
+            copies = out.shape[0] // n_rows
+            keep = torch.zeros(out.shape[:2], dtype=out.dtype, device=out.device)
+            start = tokens[0] if tokens else 0
+            width = min(masks.shape[1], out.shape[1] - start)
+            keep[:, start:start + width] = masks[:, :width].to(out.device, out.dtype).repeat(copies, 1)
+            return out * keep.unsqueeze(-1)
+        return hook
+
+    def site_hook(site: Site) -> Callable:
+        def hook(module: nn.Module, args: tuple, kwargs: dict, out: object) -> None:
+            if mode["site"] is not None:
+                return
+            try:
+                mode["site"], mode["what"] = site.name, "concept"
+                with torch.no_grad():
+                    concept = module(*args, **kwargs)
+                    mode["what"] = "zero"
+                    zero = module(*args, **kwargs)
+            finally:
+                mode["site"] = mode["what"] = None
+            first = (lambda o: o[0] if isinstance(o, tuple) else o)
+            diff = first(concept) - first(zero)
+            store[site.name].append(_token_norm(diff)[-n_rows:].cpu())
+        return hook
+
+    forward = []
+    for site in sites:
+        mod = denoiser.get_submodule(site.name)
+        forward += [(mod.get_submodule(t.path), value_hook(site, t.tokens, False)) for t in site.values]
+        forward += [(mod.get_submodule(p), value_hook(site, None, True)) for p in site.image_values]
+    with hooks(forward=forward, forward_kwargs=[(denoiser.get_submodule(s.name), site_hook(s)) for s in sites]):
         yield store

@@ -74,13 +74,18 @@ class Model:
         rows = [self._cond_cache[p] for p in prompts]
         return {k: torch.cat([r[k] for r in rows]) for k in rows[0]}
 
-    def generate(self, prompts: Sequence[str], plan: Sequence[Patch] = (), *, seed: int = 0,
+    def generate(self, rows: Sequence[str | Conditioning], plan: Sequence[Patch] = (), *, seed: int = 0,
                  steps: int | None = None, guidance: float | None = None) -> list[np.ndarray]:
-        """Generate one output per prompt row, all from the noise of ``seed``, with ``plan`` active."""
+        """Generate one output per row, all from the noise of ``seed``, with ``plan`` active.
+
+        A row is a prompt, or a one-row conditioning (e.g. ``model.encode([p])`` with noise added:
+        causal tracing corrupts embeddings this way).
+        """
         steps = steps or self.settings["steps"]
         guidance = self.settings["guidance"] if guidance is None else guidance
-        cond = self.encode(prompts)
-        with intervene(self.denoiser, self.sites, plan, len(prompts), self.adapter.calls_per_step):
+        parts = [self.encode([r]) if isinstance(r, str) else r for r in rows]
+        cond = {k: torch.cat([p[k] for p in parts]) for k in parts[0]}
+        with intervene(self.denoiser, self.sites, plan, len(rows), self.adapter.calls_per_step):
             return self.adapter.generate(self.pipe, cond, seed=seed, steps=steps, guidance=guidance,
                                          settings=self.settings)
 

@@ -61,6 +61,10 @@ class SiteRule:
     stream: str | Callable[[str, nn.Module], str] = "text"
     tokens: tuple[int, int | None] | None = None
     masks: tuple[str, ...] = ()  # keyword inputs of the site module that are attention masks
+    # For the one-pass contribution method: the taps holding the conditioning's values, and value
+    # projections of other (image) tokens that share the softmax and must be silenced.
+    values: tuple[str, ...] = ()
+    image_values: tuple[str, ...] = ()
 
     def __repr__(self) -> str:  # the lambda makes the default repr noisy
         return f"SiteRule(kind={self.kind!r}, ...)"
@@ -83,6 +87,8 @@ class Site:
     taps: tuple[Tap, ...]
     params: dict[str, int] = field(default_factory=dict)
     heads: int | None = None
+    values: tuple[Tap, ...] = ()
+    image_values: tuple[str, ...] = ()
 
     def to_dict(self, total_params: int | None = None) -> dict:
         """The JSON form used by ``multiloc sites --json``."""
@@ -127,6 +133,7 @@ def find_sites(denoiser: nn.Module, rules: Sequence[SiteRule], block_order: Sequ
             + tuple(Tap("", kwarg=m, mask=True) for m in rule.masks),
             params={"kv": sum(_count(module.get_submodule(p)) for p in kv), "qkvo": _count(module)},
             heads=getattr(module, "heads", None),
+            values=tuple(Tap(v, rule.tokens) for v in rule.values), image_values=rule.image_values,
         ))
     return sites
 

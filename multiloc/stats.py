@@ -63,3 +63,16 @@ def select(eff: np.ndarray, rel: float = 0.5, min_effect: float = 0.1) -> list[i
     keep = [i for i in np.argsort(-np.nan_to_num(eff, nan=-np.inf))
             if np.isfinite(eff[i]) and eff[i] >= rel * top and eff[i] >= min_effect]
     return [int(i) for i in keep]
+
+
+def bootstrap_mean_ci(values: np.ndarray, n_boot: int = 1000, level: float = 0.95, seed: int = 0) -> np.ndarray:
+    """Percentile bootstrap of the column means of (samples, N) ``values``: an (N, 2) array."""
+    values = np.asarray(values, dtype=np.float64)
+    if values.shape[0] < 2:
+        m = values.mean(axis=0)
+        return np.stack([m, m], axis=1)
+    rng = np.random.default_rng(seed)
+    idx = rng.integers(0, values.shape[0], size=(n_boot, values.shape[0]))
+    boot = values[idx].mean(axis=1)
+    tail = (1 - level) / 2 * 100
+    return np.percentile(boot, [tail, 100 - tail], axis=0).T

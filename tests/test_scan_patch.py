@@ -7,7 +7,7 @@ import pytest
 import torch
 
 import multiloc
-from multiloc.localize.patch import chunks
+from multiloc.localize.sweep import chunks
 from multiloc.scorers.reference import ReferenceScorer
 
 from .conftest import plant

@@ -1,5 +1,13 @@
 """Localization: :func:`scan` finds the sites that carry a concept. One file per method.
 
+- ``patch``: each site alone patched from the donor (the papers' sweep, batched) — ``patch.py``
+- ``trace``: causal tracing, restore one site's clean conditioning in a corrupted run — ``trace.py``
+- ``contribution``: one generation, attention output flowing from the concept's tokens — ``contribution.py``
+
+On top of a ranking: ``adaptive`` sampling (``adaptive.py``), set ``search`` (``search.py``) and a
+site x step map (``stepmap.py``). All patching runs through one batched, resumable sweep
+(``sweep.py``).
+
 Example::
 
     result = multiloc.scan("tiny-sd", "colour", method="patch", seeds=2, steps=10, batch_size=8)
@@ -10,6 +18,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -18,28 +27,32 @@ import numpy as np
 from .. import stats
 from ..concepts import Concept
 from ..errors import UserError
-from ..interventions import StepWindow
+from ..interventions import Patch, StepWindow
 from ..media import save_output
 from ..model import Model, load
 from ..results import Result, ScanState, SiteEffect
 from ..scorers import Scorer, get_scorer
 from ..sites import select_sites
-from .patch import Unit, patch_scores, units_for
+from .patch import single_site_rows
+from .sweep import Row, Unit, evaluate, join
 
-METHODS = ("patch",)
+METHODS = ("patch", "contribution", "trace")
+SEARCHES = ("greedy", "window")
 
 
 def scan(model: Model | Any, concept: Concept | str, method: str = "patch", *, seeds: int = 2,
          steps: int | None = None, guidance: float | None = None, batch_size: int = 8,
          sites: str | Sequence[str] | None = None, step_window: str | StepWindow | None = None,
          scorer: Scorer | str | None = None, out: str | Path | None = None, progress: bool = True,
-         samples: bool = True, n_boot: int = 1000, heads: str | Sequence[int] | None = None) -> Result:
+         samples: bool = True, n_boot: int = 1000, heads: str | Sequence[int] | None = None,
+         adaptive: bool = False, search: str | None = None, window_size: int = 3, tau: float = 0.9,
+         step_map: int = 0) -> Result:
     """Localize ``concept`` in ``model``.
 
     Args:
         model: a :class:`Model`, or anything :func:`multiloc.load` takes.
         concept: a :class:`Concept`, a built-in concept name or a concept YAML path.
-        method: ``"patch"`` (single-site patching, batched).
+        method: ``"patch"``, ``"trace"`` or ``"contribution"`` (see the module docstring).
         seeds: seeds per prompt pair (samples = pairs x seeds).
         steps, guidance: denoising steps and CFG scale (default: the model's settings).
         batch_size: prompt rows per generation (CFG doubles them inside the pipeline); at least 2.
@@ -51,16 +64,26 @@ def scan(model: Model | Any, concept: Concept | str, method: str = "patch", *, s
         heads: head-level patching: a list of head indices patches only those heads of each site;
             ``"each"`` scans every head of every chosen site as a unit of its own (``SITE#hN``), e.g.
             ``scan(model, concept, sites="10", heads="each")`` for the heads of SD3's block 10.
+        adaptive: successive halving over samples (patch/trace): fewer rows, same leaders.
+        search: ``"greedy"`` or ``"window"`` set search after the ranking, with necessity.
+        window_size, tau: the window search's width; the greedy search's target joint effect.
+        step_map: cut the steps into this many windows and map the leading sites' effect per window.
 
     Returns:
-        A :class:`Result`: ``ranking``, ``effects``, ``selected`` and per-site bootstrap CIs.
+        A :class:`Result`: ``ranking``, ``effects``, ``selected`` and per-site bootstrap CIs; set search,
+        step map and adaptive reports under ``result.extra``.
     """
     start = time.perf_counter()
     if method not in METHODS:
         raise UserError(f"unknown method {method!r}; known: {', '.join(METHODS)}")
-    for label, value, least in (("seeds", seeds, 1), ("batch size", batch_size, 2), ("steps", steps, 1)):
+    if search is not None and search not in SEARCHES:
+        raise UserError(f"unknown search {search!r}; known: {', '.join(SEARCHES)}")
+    for label, value, least in (("seeds", seeds, 1), ("batch size", batch_size, 2), ("steps", steps, 1),
+                                ("window size", window_size, 1), ("step map", step_map, 0)):
         if value is not None and value < least:
             raise UserError(f"{label} must be at least {least}, got {value}")
+    if not 0 < tau <= 1.5:
+        raise UserError(f"tau is a target joint effect (1 = the donor's score), got {tau}")
     if not isinstance(model, Model):
         model = load(model)
     if not isinstance(concept, Concept):
@@ -75,47 +98,87 @@ def scan(model: Model | Any, concept: Concept | str, method: str = "patch", *, s
     except ValueError as e:
         raise UserError(str(e)) from None
     chosen = select_sites(model.sites, sites)
-    if isinstance(heads, str) and heads != "each":
-        raise UserError(f"heads must be 'each' or a list of head indices, got {heads!r}")
-    units = units_for(chosen, heads)
+    rows = single_site_rows(chosen, heads)
     steps = steps or model.settings["steps"]
     guidance = model.settings["guidance"] if guidance is None else guidance
+    warnings: list[str] = []
+    if method == "contribution":
+        from .contribution import supported
+
+        if heads is not None or not supported(chosen):
+            why = "head-level units" if heads is not None else "sites that declare no value taps"
+            warnings.append(f"contribution cannot score {why}; fell back to the patch method")
+            method = "patch"
     config = {"seeds": seeds, "steps": steps, "guidance": guidance, "batch_size": batch_size,
               "step_window": [window.start, window.end], "scorer": scorer.name,
               "sites": [s.name for s in chosen], "pairs": len(concept.pairs),
-              "heads": heads if heads is None or isinstance(heads, str) else list(units[0].heads or ()),
+              "heads": heads if heads is None or isinstance(heads, str) else sorted({int(h) for h in heads}),
+              "adaptive": adaptive, "search": search, "step_map": step_map,
               "device": str(model.device), "dtype": str(next(model.denoiser.parameters()).dtype)}
-    identity = {**config, "model": model.name, "method": method, "pairs": [vars(p) for p in concept.pairs],
-                "target": concept.target, "batch_size": None, "seeds": None}
+    # What the resumable scores depend on (not batching, seeds count or extras: those reuse rows).
+    identity = {k: config[k] for k in ("steps", "guidance", "step_window", "scorer")}
+    identity.update(model=model.name, method=method, pairs=[vars(p) for p in concept.pairs], target=concept.target)
     state = ScanState(out, identity)
+    seed_ids = range(seeds)
+    units = _units(model, concept, method, seed_ids)
+    run = partial(evaluate, model, scorer, steps=steps, guidance=guidance, batch_size=batch_size,
+                  window=window, state=state, progress=progress)
+    extra: dict[str, Any] = {}
 
-    raw = patch_scores(model, concept, scorer, units, seeds=range(seeds), steps=steps, guidance=guidance,
-                       batch_size=batch_size, window=window, state=state, progress=progress)
-    eff = stats.effects(raw.base, raw.donor, raw.patched)
-    ci = stats.bootstrap_ci(raw.base, raw.donor, raw.patched, n_boot=n_boot)
-    picked = stats.select(eff)
-    warnings = []
+    if method == "contribution":
+        from .contribution import contribution_scores
+
+        raw = contribution_scores(model, concept, chosen, seeds=seed_ids, steps=steps, guidance=guidance,
+                                  batch_size=batch_size, progress=progress)
+        top = float(np.max(raw.mean(axis=0))) or 1.0
+        eff, ci = raw.mean(axis=0) / top, stats.bootstrap_mean_ci(raw / top, n_boot=n_boot)
+        extra["effect"] = "attention output from the concept's tokens, relative to the top site (top = 1)"
+        extra["contribution"] = {"raw": raw.mean(axis=0).tolist(), "per_sample": raw.tolist()}
+    elif adaptive:
+        from .adaptive import successive_halving
+
+        eff, ci, extra["adaptive"] = successive_halving(partial(run, desc=f"{method} adaptive"), units, rows,
+                                                        n_boot=n_boot)
+    else:
+        raw = run(units, rows, desc=method)
+        eff = stats.effects(raw.base, raw.donor, raw.rows)
+        ci = stats.bootstrap_ci(raw.base, raw.donor, raw.rows, n_boot=n_boot)
+        extra["samples"] = {"ids": raw.units, "base": raw.base.tolist(), "donor": raw.donor.tolist(),
+                            "patched": raw.rows.tolist()}
+        if raw.records:
+            extra["metrics"] = {
+                "score": scorer.meaning or f"the {scorer.name} score",
+                "base": scorer.summarize(raw.records["base"]), "donor": scorer.summarize(raw.records["donor"]),
+                "sites": {r.key: scorer.summarize(raw.records[r.key]) for r in rows}}
+    if method != "contribution":
+        extra["effect"] = ("mean(s(restored) - s(corrupted)) / mean(s(clean) - s(corrupted)) over samples"
+                           if method == "trace" else "mean(s(patched) - s(base)) / mean(s(donor) - s(base)) over samples")
     if not np.isfinite(eff).any():
         warnings.append(f"the {scorer.name} scorer scores donor and base alike, so no effect can be "
                         f"measured; {scorer.flat_hint or 'check the concept pairs and the scorer'}")
+    picked = stats.select(eff)
     result = Result(
         model=model.name, concept=concept.name, method=method,
-        sites=[SiteEffect(u.index, u.name, float(e), [float(c) for c in c2]) for u, e, c2 in zip(units, eff, ci)],
-        selected=[units[i].name for i in picked], runtime_s=0.0, config=config,
-        extra={"selection_rule": stats.SELECTION_RULE.format(rel=0.5, min_effect=0.1),
-               "effect": "mean(s(patched) - s(base)) / mean(s(donor) - s(base)) over samples",
-               "samples": {"ids": raw.samples, "base": raw.base.tolist(), "donor": raw.donor.tolist(),
-                           "patched": raw.patched.tolist()},
+        sites=[SiteEffect(r.index, r.key, float(e), [float(c) for c in c2]) for r, e, c2 in zip(rows, eff, ci)],
+        selected=[rows[i].key for i in picked], runtime_s=0.0, config=config,
+        extra={"selection_rule": stats.SELECTION_RULE.format(rel=0.5, min_effect=0.1), **extra,
                "resumed_rows": state.resumed, "warnings": warnings},
     )
-    if raw.records:
-        result.extra["metrics"] = {
-            "score": scorer.meaning or f"the {scorer.name} score",
-            "base": scorer.summarize(raw.records["base"]), "donor": scorer.summarize(raw.records["donor"]),
-            "sites": {s.name: scorer.summarize(raw.records[s.name]) for s in chosen}}
+    by_key = {r.key: r for r in rows}
+    if search:
+        from . import search as set_search
+
+        how = set_search.greedy if search == "greedy" else set_search.windows
+        arg = {"tau": tau} if search == "greedy" else {"size": window_size}
+        result.extra["set_search"] = how(partial(run, units, desc=search), rows, **arg)
+    if step_map:
+        from .stepmap import step_map as map_steps
+
+        leaders = [by_key[k] for k in (result.selected or result.ranking[:3])]
+        result.extra["step_map"] = map_steps(partial(run, units, desc="step map"), leaders, steps, step_map)
     if out is not None and samples and chosen:
-        result.extra["sample_files"] = _write_samples(model, concept, result, Path(out), steps, guidance, window,
-                                                      {u.name: u for u in units})
+        result.extra["sample_files"] = _write_samples(model, concept, result, by_key, Path(out), steps,
+                                                      guidance, window)
     result.runtime_s = time.perf_counter() - start
     if out is not None:
         result.save(out)
@@ -123,27 +186,27 @@ def scan(model: Model | Any, concept: Concept | str, method: str = "patch", *, s
     return result
 
 
-def _write_samples(model: Model, concept: Concept, result: Result, out: Path, steps: int,
-                   guidance: float, window: StepWindow, units: dict[str, Unit]) -> list[str]:
-    """Base, donor, top site patched and the selected set patched, for the first pair and seed 0."""
-    from ..interventions import Patch
+def _units(model: Model, concept: Concept, method: str, seeds: Sequence[int]) -> list[Unit]:
+    """The samples: (pair, seed). ``trace`` pairs the clean donor with its corrupted self."""
+    if method == "trace":
+        from .trace import trace_units
 
+        return trace_units(model, concept, seeds)
+    return [Unit(f"{p}/{s}", s, pair.base, pair.donor, concept.target_for(pair))
+            for p, pair in enumerate(concept.pairs) for s in seeds]
+
+
+def _write_samples(model: Model, concept: Concept, result: Result, by_key: dict[str, Row], out: Path,
+                   steps: int, guidance: float, window: StepWindow) -> list[str]:
+    """Base, donor, top site patched and the selected set patched, for the first pair and seed 0."""
     pair = concept.pairs[0]
-    top = result.ranking[0]
-    index = next(s.index for s in result.sites if s.name == top)
-    rows = {"donor": [], "base": [], f"top-site{index:02d}": [top]}
+    top = by_key[result.ranking[0]]
+    rows = {"donor": None, "base": None, f"top-site{top.index:02d}": top}
     if len(result.selected) > 1:
-        rows["selected-set"] = result.selected
+        rows["selected-set"] = join([by_key[k] for k in result.selected])
     prompts = [pair.donor] + [pair.base] * (len(rows) - 1)
-    # Two units of one site (heads) in one row are one patch over the union of their heads.
-    merged: dict[tuple[int, str], tuple[int, ...] | None] = {}
-    for r, names in enumerate(rows.values()):
-        for label in names:
-            u = units[label]
-            key = (r, u.site)
-            old = merged.get(key, ())
-            merged[key] = None if u.heads is None or old is None else tuple(sorted({*old, *u.heads}))
-    plan = [Patch(site, rows=(r,), source=0, window=window, heads=h) for (r, site), h in merged.items()]
+    plan = [Patch(site, rows=(r,), source=0, window=window, heads=h)
+            for r, row in enumerate(rows.values()) if row is not None for site, h in row.patches()]
     outs = model.generate(prompts, plan, seed=0, steps=steps, guidance=guidance)
     return [str(save_output(out / "samples" / label, o, model.modality).relative_to(out))
             for label, o in zip(rows, outs)]

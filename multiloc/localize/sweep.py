@@ -1,0 +1,150 @@
+"""The batched sweep every patching method runs on.
+
+A :class:`Unit` is one sample: a donor and a base (prompts, or a base conditioning such as a
+corrupted donor), a seed and a scorer target. A :class:`Row` says what to patch in one base row: a
+set of sites, optionally at some steps only. :func:`evaluate` scores the donor, the base and every
+row for every unit, in generations of ``batch_size`` prompt rows with the donor as the in-batch
+source of every chunk:
+
+    chunk 0:  [donor, base, row0, row1, ...]
+    chunk 1:  [donor, row(B-2), ...]
+
+Scores are kept in a :class:`~multiloc.results.ScanState` after each generation, so an interrupted
+run resumes where it stopped.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from ..adapter import Conditioning
+from ..interventions import Patch, StepWindow
+from ..model import Model
+from ..results import ScanState
+from ..scorers import Scorer
+
+BASE, DONOR = "base", "donor"
+
+
+@dataclass(frozen=True)
+class Row:
+    """What one base row patches from the donor: ``sites`` jointly (``heads``: per site, only those
+    heads; None: whole sites), at ``window`` (None: the run's window). ``label`` and ``index`` name
+    the row in results (a site's name and execution index, or ``SITE#hN`` for a head)."""
+
+    sites: tuple[str, ...]
+    window: StepWindow | None = None
+    heads: tuple[tuple[int, ...] | None, ...] | None = None
+    label: str | None = None
+    index: int = -1
+
+    @property
+    def key(self) -> str:
+        if self.label is not None and self.window is None:
+            return self.label
+        parts = [s if h is None else f"{s}#h{','.join(map(str, h))}" for s, h in self.patches()]
+        w = "" if self.window is None else f"@{self.window.start}:{'' if self.window.end is None else self.window.end}"
+        return "+".join(parts) + w
+
+    def patches(self) -> list[tuple[str, tuple[int, ...] | None]]:
+        """(site, heads) pairs, one per site: heads of the same site merged, None (all) wins."""
+        merged: dict[str, tuple[int, ...] | None] = {}
+        for i, site in enumerate(self.sites):
+            h = None if self.heads is None else self.heads[i]
+            old = merged.get(site, ())
+            merged[site] = None if h is None or old is None else tuple(sorted({*old, *h}))
+        return list(merged.items())
+
+    def at(self, window: StepWindow) -> Row:
+        """The same patch, at ``window`` only."""
+        return Row(self.sites, window, self.heads, self.label, self.index)
+
+
+def join(rows: Sequence[Row], label: str | None = None) -> Row:
+    """One row patching everything ``rows`` patch (windows are not joined)."""
+    sites = tuple(s for r in rows for s in r.sites)
+    heads = tuple(h for r in rows for h in (r.heads or (None,) * len(r.sites)))
+    return Row(sites, None, None if all(h is None for h in heads) else heads, label)
+
+
+@dataclass
+class Unit:
+    """One sample: ``base_cond`` (optional) replaces the encoded base prompt."""
+
+    id: str
+    seed: int
+    base: str
+    donor: str
+    target: Any = None
+    base_cond: Conditioning | None = field(default=None, repr=False)
+
+
+@dataclass
+class Scores:
+    """``base``/``donor``: (U,), ``rows``: (U, R) scores, for units and rows in the order asked;
+    ``records``: the scorer's per-output records by row key (``"base"``, ``"donor"``, a row's key),
+    one per unit, where the scorer keeps any for every row."""
+
+    units: list[str]
+    base: np.ndarray
+    donor: np.ndarray
+    rows: np.ndarray
+    records: dict[str, list[dict]] = field(default_factory=dict)
+
+
+def chunks(n_rows: int, batch_size: int, with_base: bool = True) -> list[tuple[bool, range]]:
+    """(holds the base row, row range) per generation; the donor takes one slot in each."""
+    out, start, first = [], 0, with_base
+    while start < n_rows or first:
+        room = batch_size - (2 if first else 1)
+        out.append((first, range(start, min(start + room, n_rows))))
+        start += room
+        first = False
+    return out
+
+
+def evaluate(model: Model, scorer: Scorer, units: Sequence[Unit], rows: Sequence[Row], *, steps: int,
+             guidance: float, batch_size: int, window: StepWindow, state: ScanState,
+             progress: bool = True, desc: str = "patch") -> Scores:
+    """Score donor, base and every row for every unit (resumable, see the module docstring)."""
+    layout = {u.id: chunks(len(rows), batch_size) for u in units}
+    bar = tqdm(total=sum(len(c) for c in layout.values()), desc=f"{desc} {model.name}", unit="gen",
+               disable=not progress)
+    for unit in units:
+        done = state.get(unit.id)
+        base_row: str | Conditioning = unit.base if unit.base_cond is None else unit.base_cond
+        for with_base, span in layout[unit.id]:
+            todo = [rows[i] for i in span if rows[i].key not in done]
+            need_base = with_base and (BASE not in done or DONOR not in done)
+            if not todo and not need_base:
+                bar.update(1)
+                continue
+            batch = [unit.donor] + [base_row] * (int(need_base) + len(todo))
+            first = 1 + int(need_base)
+            plan = [Patch(site, rows=(first + j,), source=0, window=row.window or window, heads=heads)
+                    for j, row in enumerate(todo) for site, heads in row.patches()]
+            outs = model.generate(batch, plan, seed=unit.seed, steps=steps, guidance=guidance)
+            # The donor is scored once; other chunks need it only as the reference output.
+            scored = outs if need_base else outs[1:]
+            targets = [outs[0] if scorer.reference else unit.target] * len(scored)
+            names = ([DONOR, BASE] if need_base else []) + [r.key for r in todo]
+            values, records = scorer.evaluate(scored, targets)
+            done.update(zip(names, map(float, values)))
+            if records is not None:
+                state.records.setdefault(unit.id, {}).update(zip(names, records))
+            state.flush()
+            bar.update(1)
+    bar.close()
+    got = [state.get(u.id) for u in units]
+    kept = [state.records.get(u.id, {}) for u in units]
+    names = [BASE, DONOR] + [r.key for r in rows]
+    records = {n: [k[n] for k in kept] for n in names} if all(n in k for k in kept for n in names) else {}
+    return Scores(units=[u.id for u in units], base=np.array([g[BASE] for g in got]),
+                  donor=np.array([g[DONOR] for g in got]),
+                  rows=np.array([[g[r.key] for r in rows] for g in got]).reshape(len(units), len(rows)),
+                  records=records)
