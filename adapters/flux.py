@@ -22,7 +22,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from multiloc.adapter import Adapter, Conditioning
+from multiloc.adapter import Adapter, Conditioning, offsets_positions
 from multiloc.sites import Site, SiteRule, find_sites
 
 from .sd3 import POOLED, is_joint_attn
@@ -38,7 +38,8 @@ class FluxAdapter(Adapter):
     denoiser_attr = "transformer"
     denoiser_classes = ("FluxTransformer2DModel",)
     block_order = ("time_text_embed", "transformer_blocks", "single_transformer_blocks")
-    site_rules = (SiteRule(kind="joint_attn", where=is_joint_attn, taps=("add_k_proj", "add_v_proj")),)
+    site_rules = (SiteRule(kind="joint_attn", where=is_joint_attn, taps=("add_k_proj", "add_v_proj"),
+                           values=("add_v_proj",), image_values=("to_v",)),)
     defaults = {"steps": 28, "guidance": 3.5, "max_sequence_length": 512}
 
     @staticmethod
@@ -47,7 +48,7 @@ class FluxAdapter(Adapter):
 
     def sites(self, denoiser: nn.Module, settings: Mapping[str, Any] | None = None) -> list[Site]:
         single = SiteRule(kind="single_stream", where=is_single_stream, taps=("to_k", "to_v"),
-                          tokens=(0, self.text_length(settings)))
+                          tokens=(0, self.text_length(settings)), values=("to_v",))
         rules = self.site_rules + (single,) + ((POOLED,) if (settings or {}).get("pooled_site") else ())
         return find_sites(denoiser, rules, self.block_order)
 
@@ -61,6 +62,10 @@ class FluxAdapter(Adapter):
 
     def pipeline_kwargs(self, pipe: Any, settings: dict[str, Any]) -> dict[str, Any]:
         return {**super().pipeline_kwargs(pipe, settings), "max_sequence_length": self.text_length(settings)}
+
+    def token_positions(self, pipe: Any, prompt: str, words: Sequence[str]) -> list[int]:
+        # The sites read the T5 sequence only (CLIP gives the pooled embedding).
+        return offsets_positions(pipe.tokenizer_2, prompt, words)
 
     def generate(self, pipe: Any, cond: Conditioning, **kwargs: Any) -> list:
         # The single-stream sites patch tokens [0, L): the text must be exactly L tokens long.

@@ -21,6 +21,7 @@ import torch
 from torch import nn
 
 from multiloc.adapter import Adapter, Conditioning
+from multiloc.errors import UserError
 from multiloc.sites import SiteRule
 
 
@@ -28,7 +29,8 @@ def is_attn2(name: str, module: nn.Module) -> bool:
     return name.endswith(".attn2") and hasattr(module, "to_k")
 
 
-_RULE = SiteRule(kind="cross_attn", where=is_attn2, taps=("to_k", "to_v"), masks=("attention_mask",))
+_RULE = SiteRule(kind="cross_attn", where=is_attn2, taps=("to_k", "to_v"), masks=("attention_mask",),
+                 values=("to_v",))
 
 
 class PixArtAdapter(Adapter):
@@ -62,6 +64,8 @@ class PixArtAdapter(Adapter):
 class SanaAdapter(PixArtAdapter):
     name = "sana"
     denoiser_classes = ("SanaTransformer2DModel",)
+    # No value taps declared: the contribution method needs token positions, not mapped for SANA yet.
+    site_rules = (SiteRule(kind="cross_attn", where=is_attn2, taps=("to_k", "to_v"), masks=("attention_mask",)),)
     defaults = {"steps": 20, "guidance": 4.5, "max_sequence_length": 300}
 
     def encode(self, pipe: Any, prompts: Sequence[str], device: torch.device,
@@ -77,3 +81,8 @@ class SanaAdapter(PixArtAdapter):
     def encode_kwargs(self, settings: Mapping[str, Any]) -> dict[str, Any]:
         return {**super().encode_kwargs(settings),
                 "complex_human_instruction": settings.get("complex_human_instruction")}
+
+    def token_positions(self, pipe: Any, prompt: str, words: Sequence[str]) -> list[int]:
+        # The instruction prefix and the window SANA keeps of it move the prompt's tokens.
+        raise UserError("token positions (used by --method trace and contribution) are not mapped for "
+                        "SANA's instruction-prefixed captions yet; use --method patch")

@@ -21,7 +21,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from multiloc.adapter import Adapter, Conditioning
+from multiloc.adapter import Adapter, Conditioning, offsets_positions
 from multiloc.sites import Site, SiteRule, find_sites
 
 
@@ -46,7 +46,8 @@ class SD3Adapter(Adapter):
     modality = "image"
     denoiser_attr = "transformer"
     denoiser_classes = ("SD3Transformer2DModel",)
-    site_rules = (SiteRule(kind="joint_attn", where=is_joint_attn, taps=("add_k_proj", "add_v_proj")),)
+    site_rules = (SiteRule(kind="joint_attn", where=is_joint_attn, taps=("add_k_proj", "add_v_proj"),
+                           values=("add_v_proj",), image_values=("to_v",)),)
     defaults = {"steps": 28, "guidance": 7.0, "max_sequence_length": 256}
 
     def sites(self, denoiser: nn.Module, settings: Mapping[str, Any] | None = None) -> list[Site]:
@@ -65,3 +66,10 @@ class SD3Adapter(Adapter):
     def pipeline_kwargs(self, pipe: Any, settings: dict[str, Any]) -> dict[str, Any]:
         return {**super().pipeline_kwargs(pipe, settings),
                 "max_sequence_length": settings.get("max_sequence_length", 256)}
+
+    def token_positions(self, pipe: Any, prompt: str, words: Sequence[str]) -> list[int]:
+        # The text sequence is the CLIP tokens (padded to the tokenizer's length), then the T5 tokens.
+        clip = offsets_positions(pipe.tokenizer, prompt, words)
+        if getattr(pipe, "tokenizer_3", None) is None:
+            return clip
+        return clip + offsets_positions(pipe.tokenizer_3, prompt, words, offset=pipe.tokenizer_max_length)

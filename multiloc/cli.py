@@ -142,14 +142,33 @@ def cmd_scan(args: argparse.Namespace) -> int:
     result = scan(model, concept, method=args.method, seeds=args.seeds, steps=args.steps,
                   guidance=args.guidance, batch_size=args.batch_size, sites=args.sites,
                   step_window=args.step_window, scorer=args.scorer, out=out, progress=not args.quiet,
-                  heads=heads)
+                  heads=heads, adaptive=args.adaptive, search=args.search, window_size=args.window_size,
+                  tau=args.tau, step_map=args.step_map or 0)
     if result.extra.get("resumed_rows"):
         print(f"resumed: {result.extra['resumed_rows']} rows came from an earlier interrupted run", file=sys.stderr)
     for w in result.extra.get("warnings", []):
         print(f"warning: {w}", file=sys.stderr)
     print(result.table())
+    for line in _extras_summary(result):
+        print(line)
     print(f"wrote {out / 'result.json'}, result.csv, effects.png ({result.runtime_s:.1f} s)")
     return 0
+
+
+def _extras_summary(result: Any) -> list[str]:
+    """One line per extra analysis a scan ran (set search, adaptive sampling, step map)."""
+    lines = []
+    found = result.extra.get("set_search")
+    if found:
+        lines.append(f"{found['kind']} set: {', '.join(found['sites'])} — joint effect {found['joint_effect']:.3f}, "
+                     f"necessity {found['necessity']:.3f}")
+    adaptive = result.extra.get("adaptive")
+    if adaptive:
+        lines.append(f"adaptive: scored {adaptive['rows_scored']} of {adaptive['rows_full_sweep']} rows "
+                     f"({adaptive['rows_saved']} saved)")
+    if result.extra.get("step_map"):
+        lines.append("step map: see step_map.png and result.json")
+    return lines
 
 
 def _heads(text: str | None) -> str | list[int] | None:
@@ -195,7 +214,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("scan", help="localize a concept: score every site, rank them, write results")
     p.add_argument("--model", required=True, help="registry name (see `multiloc models`), local directory or hub id")
     p.add_argument("--concept", required=True, help="built-in concept name or path to a concept YAML")
-    p.add_argument("--method", default="patch", choices=METHODS, help="localization method (default: patch)")
+    p.add_argument("--method", default="patch", choices=METHODS,
+                   help="patch: every site patched alone (batched sweep); trace: causal tracing, restore one "
+                   "site in a corrupted run; contribution: one generation, attention flowing from the concept's "
+                   "tokens (default: patch)")
     p.add_argument("--steps", type=_positive("--steps"), help="denoising steps (default: the model's)")
     p.add_argument("--seeds", type=_positive("--seeds"), default=2, help="seeds per prompt pair (default: 2)")
     p.add_argument("--batch-size", type=_positive("--batch-size"), default=8,
@@ -207,6 +229,16 @@ def build_parser() -> argparse.ArgumentParser:
                    "unit (SITE#hN); '0,3' patches only those heads of each site (default: whole sites)")
     p.add_argument("--pooled", action="store_true", help=POOLED_HELP)
     p.add_argument("--scorer", help=f"override the concept's scorer ({', '.join(scorer_names())})")
+    p.add_argument("--adaptive", action="store_true",
+                   help="successive halving: score all sites on few samples, spend the rest on the leaders")
+    p.add_argument("--search", choices=("greedy", "window"),
+                   help="after ranking, search the smallest set (greedy) or best window of sites, with necessity")
+    p.add_argument("--window-size", type=_positive("--window-size"), default=3,
+                   help="sites per window for --search window (default: 3)")
+    p.add_argument("--tau", type=float, default=0.9,
+                   help="joint effect the greedy set must reach, 1 = the donor (default: 0.9)")
+    p.add_argument("--step-map", type=_positive("--step-map"), metavar="N",
+                   help="also map the leading sites' effect over N windows of denoising steps")
     p.add_argument("--device", help="cpu, cuda, cuda:N or mps (default: cuda if available)")
     p.add_argument("--dtype", default="auto", choices=DTYPES, help="weights dtype (auto: fp16 on cuda, else fp32)")
     p.add_argument("--out", help="output directory (default: multiloc-out/MODEL-CONCEPT); rerun to resume")

@@ -147,6 +147,11 @@ def capture(denoiser: nn.Module, sites: Sequence[Site]) -> Iterator[dict[tuple[s
         yield store
 
 
+def _first(out: object) -> torch.Tensor:
+    """The image-token output of an attention call (joint attention returns (image, text))."""
+    return out[0] if isinstance(out, tuple) else out
+
+
 def _token_norm(x: torch.Tensor) -> torch.Tensor:
     """Mean over positions of the per-position vector norm: (B, N, D) or (B, C, H, W) -> (B,)."""
     x = x.float()
@@ -196,8 +201,7 @@ def contributions(denoiser: nn.Module, sites: Sequence[Site], masks: torch.Tenso
                     zero = module(*args, **kwargs)
             finally:
                 mode["site"] = mode["what"] = None
-            first = (lambda o: o[0] if isinstance(o, tuple) else o)
-            diff = first(concept) - first(zero)
+            diff = _first(concept) - _first(zero)
             store[site.name].append(_token_norm(diff)[-n_rows:].cpu())
         return hook
 

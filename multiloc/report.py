@@ -11,17 +11,15 @@ import io
 import math
 from typing import TYPE_CHECKING
 
+import numpy as np
+
 if TYPE_CHECKING:
     from .results import Result
 
 
 def plot_effects(result: Result) -> bytes:
     """A bar chart of effects by execution index with 95% CIs; selected sites highlighted. PNG bytes."""
-    import matplotlib
-
-    matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
-
+    plt = _pyplot()
     sites = sorted(result.sites, key=lambda s: s.index)
     xs = [s.index for s in sites]
     ys = [s.effect if s.effect is not None and math.isfinite(s.effect) else 0.0 for s in sites]
@@ -34,8 +32,34 @@ def plot_effects(result: Result) -> bytes:
     ax.set_xlabel("site (execution order)")
     ax.set_ylabel("effect")
     ax.set_title(f"{result.model} · {result.concept} · {result.method}  (red: selected)", fontsize=9)
+    return _png(fig)
+
+
+def plot_step_map(step_map: dict) -> bytes:
+    """A heat map of effects, sites x windows of denoising steps (``result.extra['step_map']``). PNG bytes."""
+    plt = _pyplot()
+    effects = np.array(step_map["effects"], dtype=float)
+    fig, ax = plt.subplots(figsize=(max(4, 0.6 * effects.shape[1] + 3), 0.35 * effects.shape[0] + 1.5), dpi=110)
+    im = ax.imshow(effects, aspect="auto", cmap="viridis")
+    ax.set_xticks(range(effects.shape[1]), [f"{a}-{b}" for a, b in step_map["windows"]], fontsize=7)
+    ax.set_yticks(range(effects.shape[0]), step_map["sites"], fontsize=7)
+    ax.set_xlabel("denoising steps patched")
+    fig.colorbar(im, ax=ax, label="effect")
+    return _png(fig)
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _png(fig) -> bytes:
     fig.tight_layout()
     buf = io.BytesIO()
     fig.savefig(buf, format="png")
-    plt.close(fig)
+    _pyplot().close(fig)
     return buf.getvalue()

@@ -125,6 +125,10 @@ class Result:
             from .report import plot_effects
 
             write_atomic(directory / "effects.png", plot_effects(self))
+            if self.extra.get("step_map"):
+                from .report import plot_step_map
+
+                write_atomic(directory / "step_map.png", plot_step_map(self.extra["step_map"]))
         return directory
 
     @classmethod
