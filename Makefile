@@ -41,6 +41,7 @@ lint: setup
 
 bench: setup
 	$(BIN)/python benchmarks/patch_speed.py
+	$(BIN)/python benchmarks/localize.py
 
 clean:
 	rm -rf $(VENV) multiloc-out
