@@ -9,7 +9,7 @@ each site one generation of the base prompt whose text keys/values at that site 
 (captured from the donor run). multiloc: the donor, the base and one row per site in batched
 generations of B prompt rows (the donor rides along in each chunk as the in-batch source).
 
-    python benchmarks/patch_speed.py [--steps 10] [--repeats 2]
+    python benchmarks/patch_speed.py [--steps 4] [--repeats 1]
 """
 
 from __future__ import annotations
@@ -57,8 +57,8 @@ def papers_loop(model: multiloc.Model, base: str, donor: str, steps: int) -> np.
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--steps", type=int, default=10)
-    parser.add_argument("--repeats", type=int, default=2, help="best of R for each variant")
+    parser.add_argument("--steps", type=int, default=4)
+    parser.add_argument("--repeats", type=int, default=1, help="best of R for each variant")
     args = parser.parse_args()
     torch.set_num_threads(max(torch.get_num_threads(), 1))
     model = sdxl_shaped()
