@@ -31,7 +31,7 @@ tesseract:
 setup: $(STAMP) tesseract
 
 demo: setup
-	$(BIN)/multiloc scan --model tiny-sd --concept colour --seeds 2
+	$(BIN)/multiloc demo
 
 test: setup
 	$(BIN)/python -m pytest

@@ -2,7 +2,9 @@
 
 This is how the built-in tiny models, the tests and the offline ``sites`` command get real
 diffusers/transformers classes without any download. A spec names each component's class and
-config; classes are looked up in diffusers, then transformers.
+config; classes are looked up in diffusers, then transformers. A spec may also name a
+``weights`` file (safetensors, keys ``COMPONENT.PARAM``): the built-in toy models ship their
+trained weights that way, inside the package, and are built from config and then loaded.
 
 Example::
 
@@ -21,6 +23,8 @@ from __future__ import annotations
 
 import string
 from contextlib import nullcontext
+from importlib import resources
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -52,6 +56,30 @@ def char_tokenizer(max_length: int = 77, bos: bool = True) -> Any:
         bos_token="<bos>", eos_token="<eos>")
 
 
+def word_tokenizer(words: list[str], max_length: int = 77, bos: bool = True) -> Any:
+    """A word-level fast tokenizer over ``words`` (lower-cased, split on whitespace and punctuation),
+    built in memory; other words become ``<unk>``. Special tokens and ids as :func:`char_tokenizer`.
+
+    >>> word_tokenizer(["a", "red", "circle"])("a red circle").input_ids
+    [2, 4, 5, 6, 3]
+    """
+    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {tok: i for i, tok in enumerate(SPECIALS)}
+    for w in words:
+        vocab.setdefault(w.lower(), len(vocab))
+    tok = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    tok.normalizer = normalizers.Lowercase()
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    template = "<bos> $A <eos>" if bos else "$A <eos>"
+    tok.post_processor = processors.TemplateProcessing(
+        single=template, special_tokens=[("<bos>", 2), ("<eos>", 3)])
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok, model_max_length=max_length, pad_token="<pad>", unk_token="<unk>",
+        bos_token="<bos>", eos_token="<eos>")
+
+
 def resolve_class(name: str) -> type:
     """A class by name from diffusers (also its pipeline subpackages), else transformers."""
     import diffusers
@@ -71,6 +99,8 @@ def build_component(spec: dict[str, Any] | None) -> Any:
     name, config = spec["class"], dict(spec.get("config") or {})
     if name == "char-tokenizer":
         return char_tokenizer(**config)
+    if name == "word-tokenizer":
+        return word_tokenizer(**config)
     cls = resolve_class(name)
     if hasattr(cls, "from_config"):  # diffusers models and schedulers
         return cls.from_config(config)
@@ -84,12 +114,47 @@ def build_denoiser(spec: dict[str, Any], meta: bool = True) -> torch.nn.Module:
 
 
 def build_pipeline(spec: dict[str, Any], seed: int = 0) -> Any:
-    """A whole pipeline with random weights (seeded), from a spec of component configs."""
+    """A whole pipeline from a spec of component configs: random weights (seeded), then the spec's
+    ``weights`` file loaded over them if it names one (see :func:`load_weights`)."""
     torch.manual_seed(seed)
     components = {name: build_component(c) for name, c in spec["components"].items()}
+    if spec.get("weights"):
+        load_weights(components, package_file(spec["weights"]))
     for c in components.values():
         if isinstance(c, torch.nn.Module):
             c.eval()
     pipe = resolve_class(spec["pipeline"])(**components, **spec.get("options", {}))
     pipe.set_progress_bar_config(disable=True)
     return pipe
+
+
+def package_file(name: str) -> Path:
+    """A file shipped inside the package, named relative to ``multiloc.configs`` (``toy/x.safetensors``)."""
+    path = Path(str(resources.files("multiloc.configs") / name))
+    if not path.is_file():
+        raise UserError(f"the package has no file {name!r}; reinstall multiloc, or rebuild the toy "
+                        "weights with `multiloc train-toy`")
+    return path
+
+
+def component_state(components: dict[str, Any]) -> dict[str, torch.Tensor]:
+    """Every module component's parameters and persistent buffers, keyed ``COMPONENT.PARAM``."""
+    return {f"{name}.{k}": v.detach().contiguous() for name, c in components.items()
+            if isinstance(c, torch.nn.Module) for k, v in c.state_dict().items()}
+
+
+def load_weights(components: dict[str, Any], path: Path | str) -> None:
+    """Load a safetensors file of ``COMPONENT.PARAM`` tensors into the built components (strictly:
+    a missing or unexpected tensor means the file does not fit the config, which is an error)."""
+    from safetensors.torch import load_file
+
+    tensors = load_file(str(path))  # safetensors: no pickle, no code runs
+    for name, c in components.items():
+        if not isinstance(c, torch.nn.Module):
+            continue
+        own = {k[len(name) + 1:]: v for k, v in tensors.items() if k.startswith(f"{name}.")}
+        if own:
+            try:
+                c.load_state_dict(own, strict=True)
+            except RuntimeError as e:
+                raise UserError(f"{path} does not fit the {name} of its config: {str(e).splitlines()[0]}") from None

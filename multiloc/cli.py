@@ -1,4 +1,4 @@
-"""The ``multiloc`` command line: ``models``, ``sites``, ``scan``.
+"""The ``multiloc`` command line: ``models``, ``sites``, ``scan``, ``demo``, ``train-toy``.
 
 Errors a user can cause print one line on stderr and exit with code 2 (never a traceback).
 """
@@ -144,7 +144,9 @@ def cmd_scan(args: argparse.Namespace) -> int:
                   guidance=args.guidance, batch_size=args.batch_size, sites=args.sites,
                   step_window=args.step_window, scorer=args.scorer, out=out, progress=not args.quiet,
                   heads=heads, adaptive=args.adaptive, search=args.search, window_size=args.window_size,
-                  tau=args.tau, step_map=args.step_map or 0)
+                  tau=args.tau, step_map=args.step_map or 0, control=args.control or 0)
+    if args.control and not args.search:
+        print("warning: --control needs --search; no random sets were drawn", file=sys.stderr)
     if result.extra.get("resumed_rows"):
         print(f"resumed: {result.extra['resumed_rows']} rows came from an earlier interrupted run", file=sys.stderr)
     for w in result.extra.get("warnings", []):
@@ -156,6 +158,26 @@ def cmd_scan(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_demo(args: argparse.Namespace) -> int:
+    from .demo import run_demo
+
+    out = Path(args.out)
+    print(f"localizing the toy models' concepts (offline) -> {out}", file=sys.stderr)
+    summary = run_demo(out, seeds=args.seeds, device=resolve_device(args.device))
+    print(f"wrote {out / 'demo.json'} and one folder per concept (result.json, effects.png, samples/) "
+          f"({summary['runtime_s']:.0f} s)")
+    return 0
+
+
+def cmd_train_toy(args: argparse.Namespace) -> int:
+    from .toy.train import TRAINERS
+
+    if args.modality not in TRAINERS:
+        raise UserError(f"no toy {args.modality} model can be trained yet; available: {', '.join(TRAINERS)}")
+    TRAINERS[args.modality](args.out, steps=args.steps)
+    return 0
+
+
 def _extras_summary(result: Any) -> list[str]:
     """One line per extra analysis a scan ran (set search, adaptive sampling, step map)."""
     lines = []
@@ -163,6 +185,10 @@ def _extras_summary(result: Any) -> list[str]:
     if found:
         lines.append(f"{found['kind']} set: {', '.join(found['sites'])} — joint effect {found['joint_effect']:.3f}, "
                      f"necessity {found['necessity']:.3f}")
+        control = found.get("random_sets")
+        if control and control["effects"]:
+            lines.append(f"random sets of {control['size']} sites ({len(control['effects'])} drawn): joint effect "
+                         f"mean {control['mean']:.3f}, max {control['max']:.3f}")
     adaptive = result.extra.get("adaptive")
     if adaptive:
         lines.append(f"adaptive: scored {adaptive['rows_scored']} of {adaptive['rows_full_sweep']} rows "
@@ -238,6 +264,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="sites per window for --search window (default: 3)")
     p.add_argument("--tau", type=float, default=0.9,
                    help="joint effect the greedy set must reach, 1 = the donor (default: 0.9)")
+    p.add_argument("--control", type=_positive("--control"), metavar="N",
+                   help="with --search: also patch N random sets of the found set's size (specificity control)")
     p.add_argument("--step-map", type=_positive("--step-map"), metavar="N",
                    help="also map the leading sites' effect over N windows of denoising steps")
     p.add_argument("--device", help="cpu, cuda, cuda:N or mps (default: cuda if available)")
@@ -245,6 +273,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="output directory (default: multiloc-out/MODEL-CONCEPT); rerun to resume")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_scan)
+
+    p = sub.add_parser("demo", help="localize the built-in toy models' concepts: offline, about a minute on a CPU")
+    p.add_argument("--out", default="multiloc-out/demo", help="output directory (default: multiloc-out/demo)")
+    p.add_argument("--seeds", type=_positive("--seeds"), default=1, help="seeds per prompt pair (default: 1)")
+    p.add_argument("--device", help="cpu, cuda, cuda:N or mps (default: cuda if available)")
+    p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser("train-toy", help="retrain a built-in toy model's weights from its registry entry")
+    p.add_argument("--modality", default="image", help="image (toy-shapes; default)")
+    p.add_argument("--out", default="multiloc-out/toy", help="where the weights and a report go "
+                   "(default: multiloc-out/toy); copy them to configs/toy/ to ship them")
+    p.add_argument("--steps", type=_positive("--steps"), help="training steps (default: the shipped recipe's)")
+    p.set_defaults(func=cmd_train_toy)
     return parser
 
 

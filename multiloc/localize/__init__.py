@@ -46,7 +46,7 @@ def scan(model: Model | Any, concept: Concept | str, method: str = "patch", *, s
          scorer: Scorer | str | None = None, out: str | Path | None = None, progress: bool = True,
          samples: bool = True, n_boot: int = 1000, heads: str | Sequence[int] | None = None,
          adaptive: bool = False, search: str | None = None, window_size: int = 3, tau: float = 0.9,
-         step_map: int = 0) -> Result:
+         step_map: int = 0, control: int = 0) -> Result:
     """Localize ``concept`` in ``model``.
 
     Args:
@@ -68,6 +68,8 @@ def scan(model: Model | Any, concept: Concept | str, method: str = "patch", *, s
         search: ``"greedy"`` or ``"window"`` set search after the ranking, with necessity.
         window_size, tau: the window search's width; the greedy search's target joint effect.
         step_map: cut the steps into this many windows and map the leading sites' effect per window.
+        control: with ``search``, also patch this many random sets of the found set's size (the
+            specificity control: ``result.extra["set_search"]["random_sets"]``).
 
     Returns:
         A :class:`Result`: ``ranking``, ``effects``, ``selected`` and per-site bootstrap CIs; set search,
@@ -79,7 +81,8 @@ def scan(model: Model | Any, concept: Concept | str, method: str = "patch", *, s
     if search is not None and search not in SEARCHES:
         raise UserError(f"unknown search {search!r}; known: {', '.join(SEARCHES)}")
     for label, value, least in (("seeds", seeds, 1), ("batch size", batch_size, 2), ("steps", steps, 1),
-                                ("window size", window_size, 1), ("step map", step_map, 0)):
+                                ("window size", window_size, 1), ("step map", step_map, 0),
+                                ("control", control, 0)):
         if value is not None and value < least:
             raise UserError(f"{label} must be at least {least}, got {value}")
     if not 0 < tau <= 1.5:
@@ -113,7 +116,7 @@ def scan(model: Model | Any, concept: Concept | str, method: str = "patch", *, s
               "step_window": [window.start, window.end], "scorer": scorer.name,
               "sites": [s.name for s in chosen], "pairs": len(concept.pairs),
               "heads": heads if heads is None or isinstance(heads, str) else sorted({int(h) for h in heads}),
-              "adaptive": adaptive, "search": search, "step_map": step_map,
+              "adaptive": adaptive, "search": search, "step_map": step_map, "control": control,
               "device": str(model.device), "dtype": str(next(model.denoiser.parameters()).dtype)}
     # What the resumable scores depend on (not batching, seeds count or extras: those reuse rows).
     identity = {k: config[k] for k in ("steps", "guidance", "step_window", "scorer")}
@@ -170,7 +173,11 @@ def scan(model: Model | Any, concept: Concept | str, method: str = "patch", *, s
 
         how = set_search.greedy if search == "greedy" else set_search.windows
         arg = {"tau": tau} if search == "greedy" else {"size": window_size}
-        result.extra["set_search"] = how(partial(run, units, desc=search), rows, **arg)
+        found = result.extra["set_search"] = how(partial(run, units, desc=search), rows, **arg)
+        if control and found["sites"]:
+            found["random_sets"] = set_search.random_sets(partial(run, units, desc="control"), rows,
+                                                          size=len(found["sites"]), n=control,
+                                                          exclude=found["sites"])
     if step_map:
         from .stepmap import step_map as map_steps
 

@@ -5,6 +5,8 @@
   site helps.
 - ``window`` (LocoGen): every window of ``size`` consecutive sites (execution order), patched jointly;
   the best window wins.
+- ``random_sets``: the specificity control: the joint effect of random sets of the same size. A
+  localized set is specific when these stay far below its own joint effect.
 
 For the found set, ``necessity`` = 1 - effect of patching every *other* site: 1 means nothing
 transfers without the set. Candidates are scan rows, so head-level units (``SITE#hN``) work too.
@@ -65,3 +67,24 @@ def windows(evaluate: Evaluate, units: Sequence[Row], size: int = 3) -> dict[str
     return {"kind": "window", "size": size, "sites": names, "joint_effect": float(eff[best]),
             "windows": [{"start": span[0].index, "effect": float(e)} for span, e in zip(spans, eff)],
             "necessity": necessity(evaluate, units, names)}
+
+
+def random_sets(evaluate: Evaluate, units: Sequence[Row], size: int, n: int = 10, seed: int = 0,
+                exclude: Sequence[str] = ()) -> dict[str, Any]:
+    """Joint effects of ``n`` distinct random sets of ``size`` units (seeded; fewer if fewer exist).
+
+    ``exclude`` (labels, e.g. the localized set) leaves that exact set out of the draw.
+
+    >>> random_sets(run, rows, size=2, n=10)["mean"]
+    0.14
+    """
+    import itertools
+    import random
+
+    every = [c for c in itertools.combinations(range(len(units)), size)
+             if sorted(units[i].key for i in c) != sorted(exclude)]
+    picks = random.Random(seed).sample(every, min(n, len(every)))
+    eff = _effects(evaluate([join([units[i] for i in c]) for c in picks])) if picks else np.array([])
+    return {"size": size, "sets": [[units[i].key for i in c] for c in picks],
+            "effects": [float(e) for e in eff], "mean": float(np.nanmean(eff)) if len(eff) else float("nan"),
+            "max": float(np.nanmax(eff)) if len(eff) else float("nan")}

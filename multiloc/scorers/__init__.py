@@ -51,6 +51,8 @@ BUILTIN: dict[str, str] = {
     "ocr": "multiloc.scorers.ocr:OcrScorer",
     "clip": "multiloc.scorers.clip:ClipScorer",
     "toxicity": "multiloc.scorers.toxicity:ToxicityScorer",
+    "colour": "multiloc.scorers.pixels:ColourScorer",
+    "shape": "multiloc.scorers.pixels:ShapeScorer",
 }
 _EXTRA: dict[str, type[Scorer]] = {}
 

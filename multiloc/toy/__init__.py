@@ -1,0 +1,8 @@
+"""Built-in toy models: small real-architecture models trained here, on synthetic data, so that a
+scan on a CPU with no hub gives an answer that means something (``multiloc demo``).
+
+- ``toy-shapes`` (image): coloured shapes, 16 px, an SD-style U-Net in IFPipeline (:mod:`.shapes`,
+  :mod:`.train`); concepts ``toy-colour`` and ``toy-shape``.
+
+``multiloc train-toy`` reproduces the shipped weights (``configs/toy/*.safetensors``).
+"""
