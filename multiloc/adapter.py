@@ -30,8 +30,9 @@ from torch import nn
 
 from .sites import Site, SiteRule, find_sites
 
-Conditioning = dict[str, torch.Tensor]
-"""Pipeline keyword arguments holding embeddings, each indexed by prompt along dim 0."""
+Conditioning = dict[str, Any]
+"""Pipeline keyword arguments holding embeddings (or, with ``prompt_in_call``, the prompts), each
+indexed by prompt along dim 0."""
 
 
 class Adapter:
@@ -44,6 +45,9 @@ class Adapter:
     site_rules: ClassVar[tuple[SiteRule, ...]] = ()
     block_order: ClassVar[tuple[str, ...]] = ()
     calls_per_step: ClassVar[int] = 1
+    # True for pipelines that take no embeddings (they encode inside their call): rows then reach
+    # ``generate`` as ``{"prompt": [str, ...]}`` and the pipeline's own encoding is the one used.
+    prompt_in_call: ClassVar[bool] = False
     # Family defaults; a registry entry overrides them with the settings its paper used.
     defaults: ClassVar[dict[str, Any]] = {"steps": 50, "guidance": 7.5}
 
@@ -55,6 +59,14 @@ class Adapter:
     def pipeline_kwargs(self, pipe: Any, settings: dict[str, Any]) -> dict[str, Any]:
         """Extra keyword arguments for the pipeline call (size, audio length ...)."""
         return {k: settings[k] for k in ("height", "width") if settings.get(k)}
+
+    def prepare(self, pipe: Any) -> Any:
+        """Fix up a freshly loaded pipeline (e.g. swap a component class); returns the pipeline."""
+        return pipe
+
+    def sample_rate(self, pipe: Any) -> int | None:
+        """Audio families: the sample rate of the outputs (None for images)."""
+        return None
 
     # --- shared machinery -------------------------------------------------------------------
     def handles(self, pipe: Any) -> bool:
@@ -78,7 +90,7 @@ class Adapter:
         size, so base, donor and patched rows share latents and a sweep batched any way gives the
         same outputs.
         """
-        n = next(iter(cond.values())).shape[0]
+        n = len(next(iter(cond.values())))
         generators = [torch.Generator("cpu").manual_seed(seed) for _ in range(n)]
         out = pipe(**cond, generator=generators, num_inference_steps=steps, guidance_scale=guidance,
                    output_type="np", **self.pipeline_kwargs(pipe, settings))

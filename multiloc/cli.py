@@ -136,7 +136,9 @@ def cmd_scan(args: argparse.Namespace) -> int:
           f"({len(concept.pairs)} pairs x {args.seeds} seeds) -> {out}", file=sys.stderr)
     result = scan(model, concept, method=args.method, seeds=args.seeds, steps=args.steps,
                   guidance=args.guidance, batch_size=args.batch_size, sites=args.sites,
-                  step_window=args.step_window, scorer=args.scorer, out=out, progress=not args.quiet)
+                  step_window=args.step_window, scorer=args.scorer, out=out, progress=not args.quiet,
+                  stream=args.stream,
+                  scorer_options={"model": args.scorer_model} if args.scorer_model else None)
     if result.extra.get("resumed_rows"):
         print(f"resumed: {result.extra['resumed_rows']} rows came from an earlier interrupted run", file=sys.stderr)
     for w in result.extra.get("warnings", []):
@@ -173,7 +175,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--guidance", type=float, help="classifier-free guidance scale (default: the model's)")
     p.add_argument("--sites", help="only these sites: indices '0-3,9' or name patterns 'up_blocks.0.*'")
     p.add_argument("--step-window", help="patch only at denoising steps a:b (default: every step)")
-    p.add_argument("--scorer", help="override the concept's scorer (e.g. reference)")
+    p.add_argument("--scorer", help="override the concept's scorer (e.g. reference, clap, audio-features)")
+    p.add_argument("--scorer-model", metavar="ID_OR_DIR",
+                   help="the scorer's checkpoint: a hub id or a local directory (e.g. a CLAP model for clap)")
+    p.add_argument("--stream", help="only sites reading this conditioning stream (AudioLDM2: gpt2 or t5; "
+                   "default: every site, each patched from the donor in its stream)")
     p.add_argument("--device", help="cpu, cuda, cuda:N or mps (default: cuda if available)")
     p.add_argument("--dtype", default="auto", choices=DTYPES, help="weights dtype (auto: fp16 on cuda, else fp32)")
     p.add_argument("--out", help="output directory (default: multiloc-out/MODEL-CONCEPT); rerun to resume")

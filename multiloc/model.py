@@ -47,6 +47,11 @@ class Model:
         return self.adapter.modality
 
     @property
+    def sample_rate(self) -> int | None:
+        """Audio models: the outputs' sample rate in Hz (None for images)."""
+        return self.adapter.sample_rate(self.pipe)
+
+    @property
     def denoiser(self) -> torch.nn.Module:
         return self.adapter.denoiser(self.pipe)
 
@@ -65,6 +70,8 @@ class Model:
 
     def encode(self, prompts: Sequence[str]) -> Conditioning:
         """Embeddings for ``prompts`` (cached per prompt), stacked along dim 0."""
+        if self.adapter.prompt_in_call:
+            return {"prompt": list(prompts)}
         missing = [p for p in dict.fromkeys(prompts) if p not in self._cond_cache]
         if missing:
             with torch.no_grad():
@@ -156,6 +163,7 @@ def load(source: Any, *, device: str | torch.device | None = None, dtype: torch.
         else:
             registry.model_spec(source)  # raises the "unknown model" error listing known names
             raise AssertionError("unreachable")
+    pipe = adapter.prepare(pipe)
     if device is not None or dtype is not None:
         pipe.to(device=device, dtype=dtype)
     if hasattr(pipe, "set_progress_bar_config"):

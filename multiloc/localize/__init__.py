@@ -32,7 +32,8 @@ def scan(model: Model | Any, concept: Concept | str, method: str = "patch", *, s
          steps: int | None = None, guidance: float | None = None, batch_size: int = 8,
          sites: str | Sequence[str] | None = None, step_window: str | StepWindow | None = None,
          scorer: Scorer | str | None = None, out: str | Path | None = None, progress: bool = True,
-         samples: bool = True, n_boot: int = 1000) -> Result:
+         samples: bool = True, n_boot: int = 1000, stream: str | None = None,
+         scorer_options: dict[str, Any] | None = None) -> Result:
     """Localize ``concept`` in ``model``.
 
     Args:
@@ -45,6 +46,10 @@ def scan(model: Model | Any, concept: Concept | str, method: str = "patch", *, s
         sites: restrict to some sites (indices ``"0-3,9"`` or name patterns); default all.
         step_window: patch only at steps ``"a:b"``.
         scorer: overrides the concept's scorer.
+        stream: only the sites reading this conditioning stream (AudioLDM2: ``"gpt2"`` or ``"t5"``);
+            default every site, each patched from the donor in its own stream.
+        scorer_options: options for the scorer, over the concept's ``scorer_options`` (e.g.
+            ``{"model": "/data/clap"}``: a local checkpoint for the CLAP scorer).
         out: a directory for result files and the resume state; ``None`` keeps everything in memory.
         samples: with ``out``, also write base / donor / top-site outputs of the first sample.
 
@@ -62,7 +67,8 @@ def scan(model: Model | Any, concept: Concept | str, method: str = "patch", *, s
     if not isinstance(concept, Concept):
         concept = Concept.load(concept)
     if scorer is None or isinstance(scorer, str):
-        scorer = get_scorer(scorer or concept.scorer, **(concept.scorer_options if scorer is None else {}))
+        options = {**(concept.scorer_options if scorer is None else {}), **(scorer_options or {})}
+        scorer = get_scorer(scorer or concept.scorer, **options)
     for what, modality in (("concept", concept.modality), (f"scorer {scorer.name!r}", scorer.modality)):
         if modality not in ("any", model.modality):
             raise UserError(f"{what} is for {modality}, but {model.name} makes {model.modality}")
@@ -70,11 +76,11 @@ def scan(model: Model | Any, concept: Concept | str, method: str = "patch", *, s
         window = step_window if isinstance(step_window, StepWindow) else StepWindow.parse(step_window)
     except ValueError as e:
         raise UserError(str(e)) from None
-    chosen = select_sites(model.sites, sites)
+    chosen = select_sites(model.sites, sites, stream)
     steps = steps or model.settings["steps"]
     guidance = model.settings["guidance"] if guidance is None else guidance
     config = {"seeds": seeds, "steps": steps, "guidance": guidance, "batch_size": batch_size,
-              "step_window": [window.start, window.end], "scorer": scorer.name,
+              "step_window": [window.start, window.end], "scorer": scorer.name, "stream": stream,
               "sites": [s.name for s in chosen], "pairs": len(concept.pairs),
               "device": str(model.device), "dtype": str(next(model.denoiser.parameters()).dtype)}
     identity = {**config, "model": model.name, "method": method, "pairs": [vars(p) for p in concept.pairs],
@@ -126,5 +132,5 @@ def _write_samples(model: Model, concept: Concept, result: Result, out: Path, st
     plan = [Patch(s, rows=(r,), source=0, window=window)
             for r, names in enumerate(rows.values()) for s in names]
     outs = model.generate(prompts, plan, seed=0, steps=steps, guidance=guidance)
-    return [str(save_output(out / "samples" / label, o, model.modality).relative_to(out))
+    return [str(save_output(out / "samples" / label, o, model.modality, model.sample_rate).relative_to(out))
             for label, o in zip(rows, outs)]
