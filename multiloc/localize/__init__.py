@@ -69,6 +69,8 @@ def scan(model: Model | Any, concept: Concept | str, method: str = "patch", *, s
     if scorer is None or isinstance(scorer, str):
         options = {**(concept.scorer_options if scorer is None else {}), **(scorer_options or {})}
         scorer = get_scorer(scorer or concept.scorer, **options)
+    if hasattr(scorer, "sample_rate") and not scorer.sample_rate:
+        scorer.sample_rate = model.sample_rate  # audio scorers learn the rate of the model's clips
     for what, modality in (("concept", concept.modality), (f"scorer {scorer.name!r}", scorer.modality)):
         if modality not in ("any", model.modality):
             raise UserError(f"{what} is for {modality}, but {model.name} makes {model.modality}")

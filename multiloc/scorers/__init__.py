@@ -33,6 +33,8 @@ class Scorer:
 # name -> "module:Class", imported on first use so heavy scorers cost nothing until asked for.
 BUILTIN: dict[str, str] = {
     "reference": "multiloc.scorers.reference:ReferenceScorer",
+    "clap": "multiloc.scorers.clap:ClapScorer",
+    "audio-features": "multiloc.scorers.audio_features:AudioFeatureScorer",
 }
 _EXTRA: dict[str, type[Scorer]] = {}
 
