@@ -6,7 +6,8 @@ Sites: per resnet position the U-Net has one transformer per entry of its block'
 GPT-2 generates from the projected CLAP + T5 embeddings, ``encoder_hidden_states``); the last reads the
 **t5** stream (Flan-T5 token embeddings with their mask, ``encoder_hidden_states_1``). That is the routing of
 diffusers' blocks (entries at list position <= 1 read the first stream, later ones the second). Each
-site's ``to_k`` / ``to_v`` outputs are patched; a scan patches both streams' sites from the donor row, and
+site's ``to_k`` / ``to_v`` outputs are patched (a T5 site also takes the donor's attention mask, since the
+donor's caption may be longer or shorter than the base's); a scan patches both streams' sites from the donor row, and
 ``stream="t5"`` (CLI ``--stream t5``) keeps one.
 
 Prompts are encoded one at a time, each with its own empty negative prompt, exactly as ``pipe(prompt)``
@@ -44,7 +45,7 @@ def text_streams(denoiser: nn.Module) -> dict[str, str]:
             if dims[idx] is None:
                 continue  # self-attention-only transformer
             stream = "gpt2" if idx <= 1 else "t5"
-            for sub, module in transformer.named_modules():
+            for sub, _ in transformer.named_modules():
                 if sub.endswith("attn2"):
                     streams[f"{name}.attentions.{k}.{sub}"] = stream
     return streams
@@ -67,9 +68,14 @@ class AudioLDM2Adapter(Adapter):
 
     def sites(self, denoiser: nn.Module) -> list[Site]:
         streams = text_streams(denoiser)
-        rule = SiteRule(kind="cross_attn", where=lambda n, m: n in streams, taps=("to_k", "to_v"),
-                        stream=lambda n, m: streams[n])
-        return find_sites(denoiser, (rule,), self.block_order)
+        # The T5 stream is padded and masked: a T5 site takes the donor's mask with its keys/values.
+        rules = (
+            SiteRule(kind="cross_attn", where=lambda n, m: streams.get(n) == "gpt2", taps=("to_k", "to_v"),
+                     stream="gpt2"),
+            SiteRule(kind="cross_attn", where=lambda n, m: streams.get(n) == "t5",
+                     taps=("to_k", "to_v", "@attention_mask"), kv=("to_k", "to_v"), stream="t5"),
+        )
+        return find_sites(denoiser, rules, self.block_order)
 
     def prepare(self, pipe: Any) -> Any:
         """Under transformers 5 the pipeline's ``generate_language_model`` needs GPT-2 with its LM head."""

@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 from .interventions import Patch, apply_patch, check_plan
-from .sites import Site
+from .sites import INPUT_TAP, Site
 
 
 class StepCounter:
@@ -41,8 +41,10 @@ class StepCounter:
 
 @contextmanager
 def hooks(forward: Sequence[tuple[nn.Module, Callable]] = (),
-          pre: Sequence[tuple[nn.Module, Callable]] = ()) -> Iterator[None]:
-    """Register forward hooks and forward pre-hooks; remove all of them on exit, whatever happens.
+          pre: Sequence[tuple[nn.Module, Callable]] = (),
+          pre_kwargs: Sequence[tuple[nn.Module, Callable]] = ()) -> Iterator[None]:
+    """Register forward hooks and forward pre-hooks (``pre_kwargs``: pre-hooks that see and may rewrite
+    keyword arguments); remove all of them on exit, whatever happens.
 
     >>> with hooks(forward=[(unet.mid_block, lambda m, a, o: print(o.shape))]):
     ...     unet(x, t, ehs)
@@ -51,6 +53,8 @@ def hooks(forward: Sequence[tuple[nn.Module, Callable]] = (),
     try:
         for module, fn in pre:
             handles.append(module.register_forward_pre_hook(fn))
+        for module, fn in pre_kwargs:
+            handles.append(module.register_forward_pre_hook(fn, with_kwargs=True))
         for module, fn in forward:
             handles.append(module.register_forward_hook(fn))
         yield
@@ -87,11 +91,31 @@ def intervene(denoiser: nn.Module, sites: Sequence[Site], plan: Sequence[Patch],
 
         return hook
 
-    forward = []
+    def make_input_hook(kwarg: str, patches: list[Patch]) -> Callable:
+        # An input tap (e.g. the attention mask of the conditioning) follows inject patches only: it
+        # says which of the donor's tokens are visible, so it travels with the donor's keys and values.
+        injects = [p for p in patches if p.kind == "inject"]
+
+        def hook(module: nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict]:
+            value = kwargs.get(kwarg)
+            if value is None or not injects:
+                return args, kwargs
+            step = counter.step
+            for p in injects:
+                if step in p.window:
+                    value = apply_patch(p, kwarg, value, n_rows, None)
+            return args, {**kwargs, kwarg: value}
+
+        return hook
+
+    forward, pre_kwargs = [], []
     for (site_name, tap_path), patches in per_tap.items():
-        module = denoiser.get_submodule(site_name).get_submodule(tap_path)
-        forward.append((module, make_hook(by_name[site_name], tap_path, patches)))
-    with hooks(forward=forward, pre=[(denoiser, counter)]):
+        site_module = denoiser.get_submodule(site_name)
+        if tap_path.startswith(INPUT_TAP):
+            pre_kwargs.append((site_module, make_input_hook(tap_path[len(INPUT_TAP):], patches)))
+        else:
+            forward.append((site_module.get_submodule(tap_path), make_hook(by_name[site_name], tap_path, patches)))
+    with hooks(forward=forward, pre=[(denoiser, counter)], pre_kwargs=pre_kwargs):
         yield counter
 
 
@@ -109,6 +133,6 @@ def capture(denoiser: nn.Module, sites: Sequence[Site]) -> Iterator[dict[tuple[s
         return hook
 
     forward = [(denoiser.get_submodule(s.name).get_submodule(t.path), make_hook((s.name, t.path)))
-               for s in sites for t in s.taps]
+               for s in sites for t in s.taps if not t.path.startswith(INPUT_TAP)]
     with hooks(forward=forward):
         yield store

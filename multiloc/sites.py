@@ -22,6 +22,8 @@ from torch import nn
 
 from .errors import UserError
 
+INPUT_TAP = "@"
+
 
 @dataclass(frozen=True)
 class Tap:
@@ -29,6 +31,10 @@ class Tap:
 
     ``tokens`` optionally limits the tap to a token range ``(start, stop)`` of that output, for layers
     that mix text and image tokens in one projection (FLUX single-stream blocks).
+
+    A path ``"@name"`` is an *input* tap: the site's keyword argument ``name`` (e.g. ``"@attention_mask"``,
+    the mask of a padded text stream). It is rewritten along with inject patches only, so the donor's
+    keys and values are read with the donor's mask.
     """
 
     path: str
@@ -113,7 +119,8 @@ def find_sites(denoiser: nn.Module, rules: Sequence[SiteRule], block_order: Sequ
         sites.append(Site(
             name=name, index=index, kind=rule.kind, stream=stream, block=_block_of(name),
             taps=tuple(Tap(t, rule.tokens) for t in rule.taps),
-            params={"kv": sum(_count(module.get_submodule(p)) for p in kv), "qkvo": _count(module)},
+            params={"kv": sum(_count(module.get_submodule(p)) for p in kv if not p.startswith(INPUT_TAP)),
+                    "qkvo": _count(module)},
         ))
     return sites
 
