@@ -20,6 +20,7 @@ Example::
 from __future__ import annotations
 
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -80,7 +81,7 @@ class ClapScorer(Scorer):
 
         from ..model import _hub_unreachable
 
-        local = __import__("pathlib").Path(self.model_id).exists()
+        local = Path(self.model_id).exists()
         try:
             self._model = ClapModel.from_pretrained(self.model_id, local_files_only=True)
             self._processor = ClapProcessor.from_pretrained(self.model_id, local_files_only=True)
