@@ -118,6 +118,19 @@ def cmd_sites(args: argparse.Namespace) -> int:
     return 0
 
 
+def _settings(items: Sequence[str] | None) -> dict[str, Any]:
+    """``["audio_length_in_s=4", "height=512"]`` -> ``{"audio_length_in_s": 4, "height": 512}``."""
+    import yaml
+
+    out = {}
+    for item in items or ():
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise UserError(f"--set takes KEY=VALUE, got {item!r}")
+        out[key.strip()] = yaml.safe_load(value)
+    return out
+
+
 def cmd_scan(args: argparse.Namespace) -> int:
     from . import load, scan
     from .concepts import Concept
@@ -130,7 +143,7 @@ def cmd_scan(args: argparse.Namespace) -> int:
     concept = Concept.load(args.concept)  # before loading weights: a typo should fail in a second
     device = resolve_device(args.device)
     dtype = resolve_dtype(args.dtype, device)
-    model = load(args.model, device=device, dtype=dtype)
+    model = load(args.model, device=device, dtype=dtype, settings=_settings(args.set))
     out = Path(args.out or Path("multiloc-out") / f"{re.sub(r'[^A-Za-z0-9_.-]+', '_', model.name)}-{concept.name}")
     print(f"scanning {len(model.sites)} sites of {model.name} for '{concept.name}' "
           f"({len(concept.pairs)} pairs x {args.seeds} seeds) -> {out}", file=sys.stderr)
@@ -180,6 +193,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="the scorer's checkpoint: a hub id or a local directory (e.g. a CLAP model for clap)")
     p.add_argument("--stream", help="only sites reading this conditioning stream (AudioLDM2: gpt2 or t5; "
                    "default: every site, each patched from the donor in its stream)")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE",
+                   help="override a model setting, repeatable (e.g. audio_length_in_s=4, height=512)")
     p.add_argument("--device", help="cpu, cuda, cuda:N or mps (default: cuda if available)")
     p.add_argument("--dtype", default="auto", choices=DTYPES, help="weights dtype (auto: fp16 on cuda, else fp32)")
     p.add_argument("--out", help="output directory (default: multiloc-out/MODEL-CONCEPT); rerun to resume")

@@ -205,7 +205,8 @@ def test_scan_cli_end_to_end_on_a_saved_pipeline(tmp_path, tiny_clap_dir, capsys
 
     out = tmp_path / "out"
     rc = main(["scan", "--model", str(tmp_path / "pipe"), "--concept", "piano", "--steps", "2", "--seeds", "1",
-               "--batch-size", "16", "--scorer-model", tiny_clap_dir, "--device", "cpu", "--out", str(out),
+               "--batch-size", "16", "--scorer-model", tiny_clap_dir,
+               "--set", "audio_length_in_s=0.016", "--device", "cpu", "--out", str(out),
                "--quiet"])
     assert rc == 0, capsys.readouterr().err
     result = json.loads((out / "result.json").read_text())
