@@ -25,6 +25,7 @@ import torch
 from torch import nn
 
 from multiloc.adapter import Adapter, Conditioning
+from multiloc.errors import UserError
 from multiloc.sites import Site, SiteRule, find_sites
 
 # encode_prompt's outputs under CFG: [negative; positive] along dim 0.
@@ -108,6 +109,11 @@ class AudioLDM2Adapter(Adapter):
 
     def pipeline_kwargs(self, pipe: Any, settings: dict[str, Any]) -> dict[str, Any]:
         return {"audio_length_in_s": float(settings["audio_length_in_s"])}
+
+    def token_positions(self, pipe: Any, prompt: str, words: Sequence[str]) -> list[int]:
+        # The GPT-2 stream is generated tokens, not the prompt's: no position maps to a word there.
+        raise UserError("token positions (used by --method trace and contribution) are not mapped for "
+                        "AudioLDM2's generated GPT-2 stream; use --method patch")
 
     def outputs(self, pipeline_output: Any) -> list[np.ndarray]:
         return [np.asarray(a, dtype=np.float32) for a in pipeline_output.audios]
