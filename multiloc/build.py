@@ -40,20 +40,10 @@ def char_tokenizer(max_length: int = 77, bos: bool = True) -> Any:
     Every prompt encodes without unknown words, and offsets map characters to tokens one to one.
     ``<eos>`` has id 3 (CLIP's text model treats an eos id of 2 as a legacy special case).
     """
-    from tokenizers import Tokenizer, models, pre_tokenizers, processors
-    from transformers import PreTrainedTokenizerFast
+    from tokenizers import pre_tokenizers
 
-    vocab = {tok: i for i, tok in enumerate(SPECIALS)}
-    for ch in string.printable[:95]:
-        vocab.setdefault(ch, len(vocab))
-    tok = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
-    tok.pre_tokenizer = pre_tokenizers.Split("", behavior="isolated")
-    template = "<bos> $A <eos>" if bos else "$A <eos>"
-    tok.post_processor = processors.TemplateProcessing(
-        single=template, special_tokens=[("<bos>", 2), ("<eos>", 3)])
-    return PreTrainedTokenizerFast(
-        tokenizer_object=tok, model_max_length=max_length, pad_token="<pad>", unk_token="<unk>",
-        bos_token="<bos>", eos_token="<eos>")
+    return _fast_tokenizer(list(string.printable[:95]), pre_tokenizers.Split("", behavior="isolated"),
+                           None, max_length, bos)
 
 
 def word_tokenizer(words: list[str], max_length: int = 77, bos: bool = True) -> Any:
@@ -63,15 +53,24 @@ def word_tokenizer(words: list[str], max_length: int = 77, bos: bool = True) -> 
     >>> word_tokenizer(["a", "red", "circle"])("a red circle").input_ids
     [2, 4, 5, 6, 3]
     """
-    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors
+    from tokenizers import normalizers, pre_tokenizers
+
+    return _fast_tokenizer([w.lower() for w in words], pre_tokenizers.Whitespace(), normalizers.Lowercase(),
+                           max_length, bos)
+
+
+def _fast_tokenizer(tokens: list[str], pre_tokenizer: Any, normalizer: Any, max_length: int, bos: bool) -> Any:
+    """A word-level fast tokenizer: the specials, then ``tokens``; ``<bos>`` (optional) and ``<eos>`` added."""
+    from tokenizers import Tokenizer, models, processors
     from transformers import PreTrainedTokenizerFast
 
     vocab = {tok: i for i, tok in enumerate(SPECIALS)}
-    for w in words:
-        vocab.setdefault(w.lower(), len(vocab))
+    for t in tokens:
+        vocab.setdefault(t, len(vocab))
     tok = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
-    tok.normalizer = normalizers.Lowercase()
-    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    if normalizer is not None:
+        tok.normalizer = normalizer
+    tok.pre_tokenizer = pre_tokenizer
     template = "<bos> $A <eos>" if bos else "$A <eos>"
     tok.post_processor = processors.TemplateProcessing(
         single=template, special_tokens=[("<bos>", 2), ("<eos>", 3)])
