@@ -31,8 +31,9 @@ from torch import nn
 from .errors import UserError
 from .sites import Site, SiteRule, find_sites
 
-Conditioning = dict[str, torch.Tensor]
-"""Pipeline keyword arguments holding embeddings, each indexed by prompt along dim 0."""
+Conditioning = dict[str, Any]
+"""Pipeline keyword arguments holding embeddings (or, with ``prompt_in_call``, the prompts), each
+indexed by prompt along dim 0."""
 
 
 class Adapter:
@@ -48,6 +49,9 @@ class Adapter:
     # Conditioning entries laid out token by token like the tokenizer's output (causal tracing
     # corrupts the concept's positions in these).
     sequence_keys: ClassVar[tuple[str, ...]] = ("prompt_embeds",)
+    # True for pipelines that take no embeddings (they encode inside their call): rows then reach
+    # ``generate`` as ``{"prompt": [str, ...]}`` and the pipeline's own encoding is the one used.
+    prompt_in_call: ClassVar[bool] = False
     # Family defaults; a registry entry overrides them with the settings its paper used.
     defaults: ClassVar[dict[str, Any]] = {"steps": 50, "guidance": 7.5}
 
@@ -71,6 +75,14 @@ class Adapter:
         family whose sites read a concatenation of several encoders overrides this.
         """
         return offsets_positions(pipe.tokenizer, prompt, words)
+
+    def prepare(self, pipe: Any) -> Any:
+        """Fix up a freshly loaded pipeline (e.g. swap a component class); returns the pipeline."""
+        return pipe
+
+    def sample_rate(self, pipe: Any) -> int | None:
+        """Audio families: the sample rate of the outputs (None for images)."""
+        return None
 
     # --- shared machinery -------------------------------------------------------------------
     def handles(self, pipe: Any) -> bool:
@@ -98,7 +110,7 @@ class Adapter:
         size, so base, donor and patched rows share latents and a sweep batched any way gives the
         same outputs.
         """
-        n = next(iter(cond.values())).shape[0]
+        n = len(next(iter(cond.values())))
         generators = [torch.Generator("cpu").manual_seed(seed) for _ in range(n)]
         out = pipe(**cond, generator=generators, num_inference_steps=steps, guidance_scale=guidance,
                    output_type="np", **self.pipeline_kwargs(pipe, settings))

@@ -80,6 +80,33 @@ def word_tokenizer(words: list[str], max_length: int = 77, bos: bool = True) -> 
         bos_token="<bos>", eos_token="<eos>")
 
 
+def t5_char_tokenizer(max_length: int = 77) -> Any:
+    """A character-level ``T5Tokenizer`` built in memory (pipelines that check for the T5 class).
+
+    It saves and reloads with ``save_pretrained`` / ``from_pretrained`` like a real one.
+    """
+    from transformers import T5Tokenizer
+
+    chars = [c for c in string.printable[:95] if c != " "]
+    vocab = [("<pad>", 0.0), ("</s>", 0.0), ("<unk>", 0.0), ("\u2581", -2.0)] + [(c, -3.0) for c in chars]
+    return T5Tokenizer(vocab=vocab, extra_ids=0, model_max_length=max_length)
+
+
+def roberta_char_tokenizer(max_length: int = 77) -> Any:
+    """A character-level ``RobertaTokenizer`` (byte-level BPE with no merges) built in memory."""
+    from transformers import RobertaTokenizer
+
+    vocab = {"<s>": 0, "<pad>": 1, "</s>": 2, "<unk>": 3, "<mask>": 4, "\u0120": 5}
+    for ch in string.printable[:95]:
+        if ch != " ":
+            vocab.setdefault(ch, len(vocab))
+    return RobertaTokenizer(vocab=vocab, merges=[], model_max_length=max_length)
+
+
+TOKENIZERS = {"char-tokenizer": char_tokenizer, "word-tokenizer": word_tokenizer,
+              "t5-char-tokenizer": t5_char_tokenizer, "roberta-char-tokenizer": roberta_char_tokenizer}
+
+
 def resolve_class(name: str) -> type:
     """A class by name from diffusers (also its pipeline subpackages), else transformers."""
     import diffusers
@@ -97,14 +124,17 @@ def build_component(spec: dict[str, Any] | None) -> Any:
     if spec is None:
         return None
     name, config = spec["class"], dict(spec.get("config") or {})
-    if name == "char-tokenizer":
-        return char_tokenizer(**config)
-    if name == "word-tokenizer":
-        return word_tokenizer(**config)
+    if name in TOKENIZERS:
+        return TOKENIZERS[name](**config)
     cls = resolve_class(name)
     if hasattr(cls, "from_config"):  # diffusers models and schedulers
         return cls.from_config(config)
-    return cls(cls.config_class(**config))  # transformers models
+    if getattr(cls, "config_class", None) is None:  # feature extractors and other plain classes
+        return cls(**config)
+    model = cls(cls.config_class(**config))  # transformers models
+    for key, value in (spec.get("config_extra") or {}).items():
+        setattr(model.config, key, value)  # attributes a pipeline reads that the config class lacks
+    return model
 
 
 def build_denoiser(spec: dict[str, Any], meta: bool = True) -> torch.nn.Module:

@@ -120,6 +120,19 @@ def cmd_sites(args: argparse.Namespace) -> int:
     return 0
 
 
+def _settings(items: Sequence[str] | None) -> dict[str, Any]:
+    """``["audio_length_in_s=4", "height=512"]`` -> ``{"audio_length_in_s": 4, "height": 512}``."""
+    import yaml
+
+    out = {}
+    for item in items or ():
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise UserError(f"--set takes KEY=VALUE, got {item!r}")
+        out[key.strip()] = yaml.safe_load(value)
+    return out
+
+
 def cmd_scan(args: argparse.Namespace) -> int:
     from . import load, scan
     from .concepts import Concept
@@ -134,7 +147,8 @@ def cmd_scan(args: argparse.Namespace) -> int:
     device = resolve_device(args.device)
     dtype = resolve_dtype(args.dtype, device)
     heads = _heads(args.heads)
-    model = load(args.model, device=device, dtype=dtype, settings={"pooled_site": True} if args.pooled else None)
+    settings = {**_settings(args.set), **({"pooled_site": True} if args.pooled else {})}
+    model = load(args.model, device=device, dtype=dtype, settings=settings or None)
     _check_pooled(args, model.name, model.sites)
     out = Path(args.out or Path("multiloc-out") / f"{re.sub(r'[^A-Za-z0-9_.-]+', '_', model.name)}-{concept.name}")
     chosen = select_sites(model.sites, args.sites)  # a bad --sites fails before any work
@@ -144,7 +158,8 @@ def cmd_scan(args: argparse.Namespace) -> int:
                   guidance=args.guidance, batch_size=args.batch_size, sites=args.sites,
                   step_window=args.step_window, scorer=args.scorer, out=out, progress=not args.quiet,
                   heads=heads, adaptive=args.adaptive, search=args.search, window_size=args.window_size,
-                  tau=args.tau, step_map=args.step_map or 0, control=args.control or 0)
+                  tau=args.tau, step_map=args.step_map or 0, control=args.control or 0, stream=args.stream,
+                  scorer_options={"model": args.scorer_model} if args.scorer_model else None)
     if args.control and not args.search:
         print("warning: --control needs --search; no random sets were drawn", file=sys.stderr)
     if result.extra.get("resumed_rows"):
@@ -268,6 +283,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="with --search: also patch N random sets of the found set's size (specificity control)")
     p.add_argument("--step-map", type=_positive("--step-map"), metavar="N",
                    help="also map the leading sites' effect over N windows of denoising steps")
+    p.add_argument("--scorer-model", metavar="ID_OR_DIR",
+                   help="the scorer's checkpoint: a hub id or a local directory (e.g. a CLAP model for clap)")
+    p.add_argument("--stream", help="only sites reading this conditioning stream (AudioLDM2: gpt2 or t5; "
+                   "default: every site, each patched from the donor in its stream)")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE",
+                   help="override a model setting, repeatable (e.g. audio_length_in_s=4, height=512)")
     p.add_argument("--device", help="cpu, cuda, cuda:N or mps (default: cuda if available)")
     p.add_argument("--dtype", default="auto", choices=DTYPES, help="weights dtype (auto: fp16 on cuda, else fp32)")
     p.add_argument("--out", help="output directory (default: multiloc-out/MODEL-CONCEPT); rerun to resume")

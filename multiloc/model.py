@@ -47,6 +47,11 @@ class Model:
         return self.adapter.modality
 
     @property
+    def sample_rate(self) -> int | None:
+        """Audio models: the outputs' sample rate in Hz (None for images)."""
+        return self.adapter.sample_rate(self.pipe)
+
+    @property
     def denoiser(self) -> torch.nn.Module:
         return self.adapter.denoiser(self.pipe)
 
@@ -65,6 +70,8 @@ class Model:
 
     def encode(self, prompts: Sequence[str]) -> Conditioning:
         """Embeddings for ``prompts`` (cached per prompt), stacked along dim 0."""
+        if self.adapter.prompt_in_call:
+            return {"prompt": list(prompts)}
         missing = [p for p in dict.fromkeys(prompts) if p not in self._cond_cache]
         if missing:
             with torch.no_grad():
@@ -83,8 +90,14 @@ class Model:
         """
         steps = steps or self.settings["steps"]
         guidance = self.settings["guidance"] if guidance is None else guidance
-        parts = [self.encode([r]) if isinstance(r, str) else r for r in rows]
-        cond = {k: torch.cat([p[k] for p in parts]) for k in parts[0]}
+        if all(isinstance(r, str) for r in rows):
+            cond = self.encode(rows)
+        elif self.adapter.prompt_in_call:
+            raise UserError(f"{self.name} encodes prompts inside its pipeline call, so rows must be prompts "
+                            "(edited embeddings, as causal tracing uses, cannot be passed in)")
+        else:
+            parts = [self.encode([r]) if isinstance(r, str) else r for r in rows]
+            cond = {k: torch.cat([p[k] for p in parts]) for k in parts[0]}
         with intervene(self.denoiser, self.sites, plan, len(rows), self.adapter.calls_per_step):
             return self.adapter.generate(self.pipe, cond, seed=seed, steps=steps, guidance=guidance,
                                          settings=self.settings)
@@ -161,6 +174,7 @@ def load(source: Any, *, device: str | torch.device | None = None, dtype: torch.
         else:
             registry.model_spec(source)  # raises the "unknown model" error listing known names
             raise AssertionError("unreachable")
+    pipe = adapter.prepare(pipe)
     if device is not None or dtype is not None:
         pipe.to(device=device, dtype=dtype)
     if hasattr(pipe, "set_progress_bar_config"):

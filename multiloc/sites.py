@@ -138,12 +138,20 @@ def find_sites(denoiser: nn.Module, rules: Sequence[SiteRule], block_order: Sequ
     return sites
 
 
-def select_sites(sites: Sequence[Site], spec: str | Sequence[str] | None) -> list[Site]:
-    """Pick sites by a spec: ``None`` (all), index ranges ``"0-3,10"``, names or glob patterns.
+def select_sites(sites: Sequence[Site], spec: str | Sequence[str] | None,
+                 stream: str | None = None) -> list[Site]:
+    """Pick sites by a spec: ``None`` (all), index ranges ``"0-3,10"``, names or glob patterns;
+    ``stream`` keeps only the sites reading that conditioning stream (AudioLDM2: ``gpt2`` or ``t5``).
 
     >>> select_sites(sites, "55-57")            # by execution index
     >>> select_sites(sites, ["up_blocks.0.*"])  # by name pattern
+    >>> select_sites(sites, None, stream="t5")  # one stream's sites
     """
+    if stream is not None:
+        known = sorted({s.stream for s in sites})
+        sites = [s for s in sites if s.stream == stream]
+        if not sites:
+            raise UserError(f"no site reads stream {stream!r}; this model's streams: {', '.join(known)}")
     if spec is None:
         return list(sites)
     items = [s.strip() for s in spec.split(",")] if isinstance(spec, str) else list(spec)

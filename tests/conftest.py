@@ -70,6 +70,36 @@ def colour() -> multiloc.Concept:
                             pairs=[("a red cube", "a blue cube"), ("a green ball", "a yellow ball")])
 
 
+TINY_AUDIO = ("tiny-audioldm2", "tiny-stable-audio", "tiny-ace-step")
+
+
+@pytest.fixture(scope="session")
+def tiny_clap_dir(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """A tiny CLAP model (real ``ClapModel`` class, random weights) and its processor, saved to a folder.
+
+    Its feature extractor runs at 8 kHz, so scoring the 16 kHz clips of tiny-audioldm2 resamples them.
+    """
+    from transformers import ClapConfig, ClapFeatureExtractor, ClapModel, ClapProcessor
+
+    from multiloc.build import roberta_char_tokenizer
+
+    torch.manual_seed(0)
+    config = ClapConfig(
+        projection_dim=8,
+        text_config=dict(vocab_size=100, hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+                         num_attention_heads=2, max_position_embeddings=80, pad_token_id=1, bos_token_id=0,
+                         eos_token_id=2, projection_dim=8),
+        audio_config=dict(spec_size=64, window_size=4, num_mel_bins=64, intermediate_size=32, depths=[1, 1],
+                          num_attention_heads=[2, 2], num_hidden_layers=2, hidden_size=16, projection_dim=8,
+                          patch_embeds_hidden_size=8, patch_size=2, patch_stride=2, patch_embed_input_channels=4))
+    path = tmp_path_factory.mktemp("tiny-clap")
+    ClapModel(config).eval().save_pretrained(path)
+    extractor = ClapFeatureExtractor(feature_size=64, sampling_rate=8000, hop_length=160, max_length_s=1,
+                                     fft_window_size=256)
+    ClapProcessor(feature_extractor=extractor, tokenizer=roberta_char_tokenizer(77)).save_pretrained(path)
+    return str(path)
+
+
 def require_tesseract() -> None:
     """Skip where Tesseract is missing on a developer's machine; in CI (CI=true) fail loudly instead."""
     import shutil

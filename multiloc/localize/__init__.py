@@ -46,7 +46,8 @@ def scan(model: Model | Any, concept: Concept | str, method: str = "patch", *, s
          scorer: Scorer | str | None = None, out: str | Path | None = None, progress: bool = True,
          samples: bool = True, n_boot: int = 1000, heads: str | Sequence[int] | None = None,
          adaptive: bool = False, search: str | None = None, window_size: int = 3, tau: float = 0.9,
-         step_map: int = 0, control: int = 0) -> Result:
+         step_map: int = 0, control: int = 0, stream: str | None = None,
+         scorer_options: dict[str, Any] | None = None) -> Result:
     """Localize ``concept`` in ``model``.
 
     Args:
@@ -59,6 +60,10 @@ def scan(model: Model | Any, concept: Concept | str, method: str = "patch", *, s
         sites: restrict to some sites (indices ``"0-3,9"`` or name patterns); default all.
         step_window: patch only at steps ``"a:b"``.
         scorer: overrides the concept's scorer.
+        stream: only the sites reading this conditioning stream (AudioLDM2: ``"gpt2"`` or ``"t5"``);
+            default every site, each patched from the donor in its own stream.
+        scorer_options: options for the scorer, over the concept's ``scorer_options`` (e.g.
+            ``{"model": "/data/clap"}``: a local checkpoint for the CLAP scorer).
         out: a directory for result files and the resume state; ``None`` keeps everything in memory.
         samples: with ``out``, also write base / donor / top-site outputs of the first sample.
         heads: head-level patching: a list of head indices patches only those heads of each site;
@@ -92,7 +97,10 @@ def scan(model: Model | Any, concept: Concept | str, method: str = "patch", *, s
     if not isinstance(concept, Concept):
         concept = Concept.load(concept)
     if scorer is None or isinstance(scorer, str):
-        scorer = get_scorer(scorer or concept.scorer, **(concept.scorer_options if scorer is None else {}))
+        options = {**(concept.scorer_options if scorer is None else {}), **(scorer_options or {})}
+        scorer = get_scorer(scorer or concept.scorer, **options)
+    if hasattr(scorer, "sample_rate") and not scorer.sample_rate:
+        scorer.sample_rate = model.sample_rate  # audio scorers learn the rate of the model's clips
     for what, modality in (("concept", concept.modality), (f"scorer {scorer.name!r}", scorer.modality)):
         if modality not in ("any", model.modality):
             raise UserError(f"{what} is for {modality}, but {model.name} makes {model.modality}")
@@ -100,7 +108,7 @@ def scan(model: Model | Any, concept: Concept | str, method: str = "patch", *, s
         window = step_window if isinstance(step_window, StepWindow) else StepWindow.parse(step_window)
     except ValueError as e:
         raise UserError(str(e)) from None
-    chosen = select_sites(model.sites, sites)
+    chosen = select_sites(model.sites, sites, stream)
     rows = single_site_rows(chosen, heads)
     steps = steps or model.settings["steps"]
     guidance = model.settings["guidance"] if guidance is None else guidance
@@ -113,7 +121,7 @@ def scan(model: Model | Any, concept: Concept | str, method: str = "patch", *, s
             warnings.append(f"contribution cannot score {why}; fell back to the patch method")
             method = "patch"
     config = {"seeds": seeds, "steps": steps, "guidance": guidance, "batch_size": batch_size,
-              "step_window": [window.start, window.end], "scorer": scorer.name,
+              "step_window": [window.start, window.end], "scorer": scorer.name, "stream": stream,
               "sites": [s.name for s in chosen], "pairs": len(concept.pairs),
               "heads": heads if heads is None or isinstance(heads, str) else sorted({int(h) for h in heads}),
               "adaptive": adaptive, "search": search, "step_map": step_map, "control": control,
@@ -215,5 +223,5 @@ def _write_samples(model: Model, concept: Concept, result: Result, by_key: dict[
     plan = [Patch(site, rows=(r,), source=0, window=window, heads=h)
             for r, row in enumerate(rows.values()) if row is not None for site, h in row.patches()]
     outs = model.generate(prompts, plan, seed=0, steps=steps, guidance=guidance)
-    return [str(save_output(out / "samples" / label, o, model.modality).relative_to(out))
+    return [str(save_output(out / "samples" / label, o, model.modality, model.sample_rate).relative_to(out))
             for label, o in zip(rows, outs)]

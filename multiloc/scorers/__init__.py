@@ -53,6 +53,8 @@ BUILTIN: dict[str, str] = {
     "toxicity": "multiloc.scorers.toxicity:ToxicityScorer",
     "colour": "multiloc.scorers.pixels:ColourScorer",
     "shape": "multiloc.scorers.pixels:ShapeScorer",
+    "clap": "multiloc.scorers.clap:ClapScorer",
+    "audio-features": "multiloc.scorers.audio_features:AudioFeatureScorer",
 }
 _EXTRA: dict[str, type[Scorer]] = {}
 
