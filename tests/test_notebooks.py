@@ -32,6 +32,12 @@ EXPECT: dict[str, list[str]] = {
         r"planted site found: transformer_blocks\.2\.attn effect 1\.000",
         r"planted head found: transformer_blocks\.2\.attn#h1 effect 1\.000",
     ],
+    # The tiny AudioLDM2's 14 sites (gpt2 + t5 streams); a planted t5 site is found; librosa measures clips.
+    "audio.ipynb": [
+        r"model: tiny-audioldm2, 14 sites, sample rate 16000 Hz",
+        r"planted site found: up_blocks\.0\.attentions\.2\.transformer_blocks\.0\.attn2 effect 1\.000",
+        r"top site patched .* spectral centroid +\d+ Hz",
+    ],
     # The notebook's own adapter loads an AuraFlow pipeline and its planted site is found.
     "custom_adapter.ipynb": [
         r"adapter: auraflow, 3 sites",
