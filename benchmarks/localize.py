@@ -1,4 +1,4 @@
-"""Localization methods side by side on the tiny model of every image family, in ONE run.
+"""Localization methods side by side on the tiny model of every family, in ONE run.
 
 For each family: the one-site-at-a-time sweep (batch of 2 rows: the donor and one patched row, the
 papers' loop), the batched sweep, the one-pass contribution method and adaptive sampling. Prints
@@ -6,6 +6,7 @@ time ratios against the one-site-at-a-time sweep, and agreement with the full sw
 (top-k overlap and Spearman's rho over sites). Absolute times on a shared CPU mean little; the
 ratios are measured in the same process, back to back.
 
+Families without value taps (SANA, the audio families) run contribution as its fallback, ``patch``.
 The tiny models have random weights, so agreement here says how the methods relate on an arbitrary
 network, not on a trained one (on planted models every method recovers the planted site: see
 tests/test_localize_methods.py).
@@ -22,7 +23,8 @@ import numpy as np
 
 import multiloc
 
-FAMILIES = ("tiny-sd", "tiny-sdxl", "tiny-if", "tiny-sd3", "tiny-flux", "tiny-pixart")
+FAMILIES = ("tiny-sd", "tiny-sdxl", "tiny-if", "tiny-sd3", "tiny-flux", "tiny-pixart",
+            "tiny-audioldm2", "tiny-stable-audio", "tiny-ace-step")
 CONCEPT = multiloc.Concept(name="colour", scorer="reference", pairs=[
     ("a red cube on a table", "a blue cube on a table"), ("a green ball in the grass", "a yellow ball in the grass")])
 
