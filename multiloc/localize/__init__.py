@@ -38,6 +38,12 @@ from .sweep import Row, Unit, evaluate, join
 
 METHODS = ("patch", "contribution", "trace")
 SEARCHES = ("greedy", "window")
+# What a site's effect means under each method (written into result.json).
+EFFECTS = {
+    "patch": "mean(s(patched) - s(base)) / mean(s(donor) - s(base)) over samples",
+    "trace": "mean(s(restored) - s(corrupted)) / mean(s(clean) - s(corrupted)) over samples",
+    "contribution": "attention output from the concept's tokens, relative to the top site (top = 1)",
+}
 
 
 def scan(model: Model | Any, concept: Concept | str, method: str = "patch", *, seeds: int = 2,
@@ -143,7 +149,6 @@ def scan(model: Model | Any, concept: Concept | str, method: str = "patch", *, s
                                   batch_size=batch_size, progress=progress)
         top = float(np.max(raw.mean(axis=0))) or 1.0
         eff, ci = raw.mean(axis=0) / top, stats.bootstrap_mean_ci(raw / top, n_boot=n_boot)
-        extra["effect"] = "attention output from the concept's tokens, relative to the top site (top = 1)"
         extra["contribution"] = {"raw": raw.mean(axis=0).tolist(), "per_sample": raw.tolist()}
     elif adaptive:
         from .adaptive import successive_halving
@@ -161,9 +166,7 @@ def scan(model: Model | Any, concept: Concept | str, method: str = "patch", *, s
                 "score": scorer.meaning or f"the {scorer.name} score",
                 "base": scorer.summarize(raw.records["base"]), "donor": scorer.summarize(raw.records["donor"]),
                 "sites": {r.key: scorer.summarize(raw.records[r.key]) for r in rows}}
-    if method != "contribution":
-        extra["effect"] = ("mean(s(restored) - s(corrupted)) / mean(s(clean) - s(corrupted)) over samples"
-                           if method == "trace" else "mean(s(patched) - s(base)) / mean(s(donor) - s(base)) over samples")
+    extra["effect"] = EFFECTS[method]
     if not np.isfinite(eff).any():
         warnings.append(f"the {scorer.name} scorer scores donor and base alike, so no effect can be "
                         f"measured; {scorer.flat_hint or 'check the concept pairs and the scorer'}")

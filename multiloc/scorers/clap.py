@@ -56,7 +56,6 @@ class ClapScorer(Scorer):
     name = "clap"
     modality = "audio"
     reference = False
-    needs_sample_rate = True
 
     def __init__(self, model: str | None = None, backend: str = "transformers", device: str | None = None,
                  sample_rate: int | None = None) -> None:
