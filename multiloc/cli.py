@@ -187,9 +187,9 @@ def cmd_demo(args: argparse.Namespace) -> int:
 def cmd_train_toy(args: argparse.Namespace) -> int:
     from .toy.train import TRAINERS
 
-    if args.modality not in TRAINERS:
-        raise UserError(f"no toy {args.modality} model can be trained yet; available: {', '.join(TRAINERS)}")
-    TRAINERS[args.modality](args.out, steps=args.steps)
+    if args.model not in TRAINERS:
+        raise UserError(f"{args.model!r} is not a toy model multiloc can train; available: {', '.join(TRAINERS)}")
+    TRAINERS[args.model](args.out, steps=args.steps)
     return 0
 
 
@@ -302,7 +302,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_demo)
 
     p = sub.add_parser("train-toy", help="retrain a built-in toy model's weights from its registry entry")
-    p.add_argument("--modality", default="image", help="image (toy-shapes; default)")
+    p.add_argument("model", nargs="?", default="toy-shapes",
+                   help="which toy model (default: toy-shapes); `multiloc models` lists them")
     p.add_argument("--out", default="multiloc-out/toy", help="where the weights and a report go "
                    "(default: multiloc-out/toy); copy them to configs/toy/ to ship them")
     p.add_argument("--steps", type=_positive("--steps"), help="training steps (default: the shipped recipe's)")

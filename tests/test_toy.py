@@ -112,6 +112,6 @@ def test_demo_finds_a_sufficient_and_specific_set(tmp_path, capsys):
     assert "toy-colour lives in" in capsys.readouterr().out
 
 
-def test_train_toy_unknown_modality(capsys):
-    assert main(["train-toy", "--modality", "video"]) == 2
-    assert "no toy video model" in capsys.readouterr().err
+def test_train_toy_unknown_model(capsys):
+    assert main(["train-toy", "sdxl"]) == 2
+    assert "'sdxl' is not a toy model multiloc can train; available: toy-shapes" in capsys.readouterr().err

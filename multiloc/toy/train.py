@@ -156,5 +156,5 @@ def evaluate_shapes(pipe: Any, seeds: tuple[int, ...] = (0, 1, 2, 3, 4), **setti
     return out
 
 
-# modality -> trainer (``multiloc train-toy --modality``)
-TRAINERS: dict[str, Callable[..., dict[str, Any]]] = {"image": train_shapes}
+# toy model name -> trainer (``multiloc train-toy MODEL``); each writes OUT/MODEL.safetensors + OUT/MODEL.json
+TRAINERS: dict[str, Callable[..., dict[str, Any]]] = {"toy-shapes": train_shapes}
