@@ -167,9 +167,16 @@ def package_file(name: str) -> Path:
 
 
 def component_state(components: dict[str, Any]) -> dict[str, torch.Tensor]:
-    """Every module component's parameters and persistent buffers, keyed ``COMPONENT.PARAM``."""
-    return {f"{name}.{k}": v.detach().contiguous() for name, c in components.items()
-            if isinstance(c, torch.nn.Module) for k, v in c.state_dict().items()}
+    """Every module component's parameters and persistent buffers, keyed ``COMPONENT.PARAM``. Tied
+    tensors (T5's shared embedding) are stored once per key, as safetensors requires."""
+    out, seen = {}, set()
+    for name, c in components.items():
+        if isinstance(c, torch.nn.Module):
+            for k, v in c.state_dict().items():
+                v = v.detach().contiguous()
+                out[f"{name}.{k}"] = v.clone() if v.data_ptr() in seen else v
+                seen.add(v.data_ptr())
+    return out
 
 
 def load_weights(components: dict[str, Any], path: Path | str) -> None:

@@ -53,6 +53,8 @@ BUILTIN: dict[str, str] = {
     "toxicity": "multiloc.scorers.toxicity:ToxicityScorer",
     "colour": "multiloc.scorers.pixels:ColourScorer",
     "shape": "multiloc.scorers.pixels:ShapeScorer",
+    "instrument": "multiloc.scorers.tones:InstrumentScorer",
+    "pitch": "multiloc.scorers.tones:PitchScorer",
     "clap": "multiloc.scorers.clap:ClapScorer",
     "audio-features": "multiloc.scorers.audio_features:AudioFeatureScorer",
 }

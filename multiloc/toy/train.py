@@ -157,4 +157,10 @@ def evaluate_shapes(pipe: Any, seeds: tuple[int, ...] = (0, 1, 2, 3, 4), **setti
 
 
 # toy model name -> trainer (``multiloc train-toy MODEL``); each writes OUT/MODEL.safetensors + OUT/MODEL.json
-TRAINERS: dict[str, Callable[..., dict[str, Any]]] = {"toy-shapes": train_shapes}
+def _train_tones(out: str | Path, **kwargs: Any) -> dict[str, Any]:
+    from .train_audio import train_tones  # imported on use: it imports this module's helpers
+
+    return train_tones(out, **kwargs)
+
+
+TRAINERS: dict[str, Callable[..., dict[str, Any]]] = {"toy-shapes": train_shapes, "toy-tones": _train_tones}
