@@ -4,9 +4,12 @@ Two phases, both from the registry entry (``configs/models/toy-shapes-dit.yaml``
 seed: first the tiny ``AutoencoderKL`` learns to reconstruct the training images (16 px -> 8 x 8 x 4
 latents), then its latents are normalized inside its weights (so the entry's ``scaling_factor`` is
 1.0), then the ``PixArtTransformer2DModel`` and the ``T5EncoderModel`` learn to denoise those latents
-given the prompt. Held-out prompts stay out of both phases. Every random choice comes from seeded
-generators, so a run on the same machine with the recipe's one thread reproduces the shipped weights
-bit for bit.
+given the prompt. The transformer's loss adds ``attn2_l1`` x the sum over blocks of the norm of each
+``attn2``'s output projection (a group lasso: a block's cross-attention is either used or switched
+off), so the model reads the prompt in as few blocks as it can; which blocks is left to training.
+Without it (``attn2_l1=0``) the colour is spread over blocks 0-3 and no set of 3 sites moves 80% of
+it. Held-out prompts stay out of both phases. Every random choice comes from seeded generators, so a
+run on the same machine with the recipe's one thread reproduces the shipped weights bit for bit.
 
 Example::
 
@@ -166,7 +169,7 @@ def _train(out: Path, r: dict[str, Any], log: Callable[[str], None], evaluate: b
                            added_cond_kwargs=cond).sample
         loss = torch.nn.functional.mse_loss(pred, x0)
         total = loss
-        if r["attn2_l1"]:
+        if r["attn2_l1"]:  # the group lasso of the module docstring
             total = loss + r["attn2_l1"] * sum(blk.attn2.to_out[0].weight.norm() for blk in transformer.transformer_blocks)
         opt.zero_grad(set_to_none=True)
         total.backward()
