@@ -1,4 +1,5 @@
-"""``multiloc demo``: localize the built-in toy models' concepts, offline, in about a minute on a CPU.
+"""``multiloc demo``: localize the built-in toy models' concepts (image and audio), offline, in about
+a minute on a CPU.
 
 For each (toy model, concept) of :data:`DEMOS`: a patch scan of every site, a greedy search for the
 smallest set that moves the concept (sufficiency: its joint effect; necessity: what is left when
@@ -26,6 +27,7 @@ from . import registry
 DEMOS: tuple[tuple[str, str], ...] = (
     ("toy-shapes", "toy-colour"),
     ("toy-shapes", "toy-shape"),
+    ("toy-tones", "toy-instrument"),
 )
 
 
@@ -81,7 +83,8 @@ def _run(out: Path, seeds: int, control: int, device: Any, log: Callable[[str], 
 def _line(s: dict[str, Any], model: Any) -> str:
     index = {site.name: site.index for site in model.sites}
     where = ", ".join(f"{n} (#{index.get(n, '?')})" for n in s["sites"])
+    them = "it" if len(s["sites"]) == 1 else "them"
     return (f"{s['concept']} lives in {len(s['sites'])} of {s['n_sites']} sites of {s['model']}: {where}\n"
-            f"  patching them moves {100 * s['joint_effect']:.0f}% of the concept (necessity "
+            f"  patching {them} moves {100 * s['joint_effect']:.0f}% of the concept (necessity "
             f"{s['necessity']:.2f}); {s['random_sets']} random sets of {len(s['sites'])} move "
             f"{100 * s['random_mean']:.0f}% on average (at most {100 * s['random_max']:.0f}%)")

@@ -26,11 +26,15 @@ EXPECT: dict[str, list[str]] = {
         r"random sets of 1: mean 0\.[0-2]",
         r"contribution",
     ],
-    # A planted site ranks first with effect 1 and the others 0; a planted head likewise.
+    # The toy DiT's colour lives in the attn2 of blocks 0 and 1; the pair moves it all, random pairs
+    # next to nothing. A planted site (in tiny-pixart) ranks first with effect 1; a planted head likewise.
     "image_dit.ipynb": [
-        r"model: tiny-sd3, 4 sites",
-        r"planted site found: transformer_blocks\.2\.attn effect 1\.000",
-        r"planted head found: transformer_blocks\.2\.attn#h1 effect 1\.000",
+        r"model: toy-shapes-dit, 8 sites, adapter 'pixart'",
+        r"greedy set \['transformer_blocks\.0\.attn2', 'transformer_blocks\.1\.attn2'\]: joint effect 1\.00, "
+        r"necessity 1\.00",
+        r"10 random sets of 2: mean 0\.0",
+        r"planted site found: transformer_blocks\.1\.attn2 effect 1\.000",
+        r"planted head found: transformer_blocks\.1\.attn2#h1 effect 1\.000",
     ],
     # The tiny AudioLDM2's 14 sites (gpt2 + t5 streams); a planted t5 site is found; librosa measures clips.
     "audio.ipynb": [

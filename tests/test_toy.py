@@ -121,4 +121,4 @@ def test_demo_finds_a_sufficient_and_specific_set(tmp_path, capsys):
 
 def test_train_toy_unknown_model(capsys):
     assert main(["train-toy", "sdxl"]) == 2
-    assert "'sdxl' is not a toy model multiloc can train; available: toy-shapes" in capsys.readouterr().err
+    assert "'sdxl' is not a toy model multiloc can train; available: toy-shapes, toy-shapes-dit, toy-tones" in capsys.readouterr().err

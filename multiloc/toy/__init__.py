@@ -3,6 +3,8 @@ scan on a CPU with no hub gives an answer that means something (``multiloc demo`
 
 - ``toy-shapes`` (image): coloured shapes, 16 px, an SD-style U-Net in IFPipeline (:mod:`.shapes`,
   :mod:`.train`); concepts ``toy-colour`` and ``toy-shape``.
+- ``toy-shapes-dit`` (image): the same world drawn by a PixArt-alpha DiT on a tiny VAE's latents, in
+  the stock PixArtAlphaPipeline (:mod:`.train_dit`); the same concepts.
 
 ``multiloc train-toy`` reproduces the shipped weights (``configs/toy/*.safetensors``).
 """

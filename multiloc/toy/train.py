@@ -18,6 +18,7 @@ import json
 import math
 import time
 from collections.abc import Callable
+from importlib import import_module
 from pathlib import Path
 from typing import Any
 
@@ -133,19 +134,21 @@ def _train_shapes(out: Path, r: dict[str, Any], log: Callable[[str], None], eval
     return report
 
 
-def evaluate_shapes(pipe: Any, seeds: tuple[int, ...] = (0, 1, 2, 3, 4), **settings: Any) -> dict[str, dict[str, float]]:
+def evaluate_shapes(pipe: Any, seeds: tuple[int, ...] = (0, 1, 2, 3, 4), model: str = "toy-shapes",
+                    **settings: Any) -> dict[str, dict[str, float]]:
     """The ``colour`` and ``shape`` scorers' accuracy (the named colour / shape is the one read
-    back) on the model's generations, for training and held-out prompts, over ``seeds``, with the
-    registry entry's settings (steps, guidance) unless ``settings`` override them."""
+    back) on the generations of ``pipe`` (a toy-shapes world model, registry entry ``model``), for
+    training and held-out prompts, over ``seeds``, with the entry's settings (steps, guidance ...)
+    unless ``settings`` override them."""
     import multiloc
 
-    model = multiloc.load(pipe, settings={**_defaults("toy-shapes"), **settings})
+    loaded = multiloc.load(pipe, settings={**_defaults(model), **settings})
     out: dict[str, dict[str, float]] = {}
     for split in ("train", "held-out"):
         combos = shapes.combos(split)
         hits = {"colour": [], "shape": [], "both": []}
         for seed in seeds:
-            imgs = model.generate([shapes.prompt(*t) for t in combos], seed=seed)
+            imgs = loaded.generate([shapes.prompt(*t) for t in combos], seed=seed)
             for (colour, shape, _), img in zip(combos, imgs):
                 c, s = shapes.best_colour(img) == colour, shapes.best_shape(img) == shape
                 hits["colour"].append(c)
@@ -156,11 +159,17 @@ def evaluate_shapes(pipe: Any, seeds: tuple[int, ...] = (0, 1, 2, 3, 4), **setti
     return out
 
 
+def _lazy(module: str, function: str) -> Callable[..., dict[str, Any]]:
+    """A trainer imported on first call: the other toys' trainers import this module's helpers."""
+    def train(*args: Any, **kwargs: Any) -> dict[str, Any]:
+        return getattr(import_module(module, __package__), function)(*args, **kwargs)
+
+    return train
+
+
 # toy model name -> trainer (``multiloc train-toy MODEL``); each writes OUT/MODEL.safetensors + OUT/MODEL.json
-def _train_tones(out: str | Path, **kwargs: Any) -> dict[str, Any]:
-    from .train_audio import train_tones  # imported on use: it imports this module's helpers
-
-    return train_tones(out, **kwargs)
-
-
-TRAINERS: dict[str, Callable[..., dict[str, Any]]] = {"toy-shapes": train_shapes, "toy-tones": _train_tones}
+TRAINERS: dict[str, Callable[..., dict[str, Any]]] = {
+    "toy-shapes": train_shapes,
+    "toy-shapes-dit": _lazy(".train_dit", "train_shapes_dit"),
+    "toy-tones": _lazy(".train_audio", "train_tones"),
+}
