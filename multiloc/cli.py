@@ -295,7 +295,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_scan)
 
-    p = sub.add_parser("demo", help="localize the built-in toy models' concepts: offline, under a minute on a CPU")
+    p = sub.add_parser("demo", help="localize the built-in toy models' concepts (image and audio): offline, under 2 minutes on a CPU")
     p.add_argument("--out", default="multiloc-out/demo", help="output directory (default: multiloc-out/demo)")
     p.add_argument("--seeds", type=_positive("--seeds"), default=1, help="seeds per prompt pair (default: 1)")
     p.add_argument("--device", help="cpu, cuda, cuda:N or mps (default: cuda if available)")

@@ -27,6 +27,8 @@ from . import registry
 DEMOS: tuple[tuple[str, str], ...] = (
     ("toy-shapes", "toy-colour"),
     ("toy-shapes", "toy-shape"),
+    ("toy-shapes-dit", "toy-colour"),
+    ("toy-shapes-dit", "toy-shape"),
     ("toy-tones", "toy-instrument"),
 )
 

@@ -73,7 +73,7 @@ def test_mdct_vae_is_exact():
 def test_shipped_weights(toy):
     tensors = load_file(str(package_file("toy/toy-tones.safetensors")))
     assert torch.equal(toy.pipe.transformer.proj_in.weight, tensors["transformer.proj_in.weight"])
-    assert len(toy.sites) == 8 and toy.sample_rate == tones.SAMPLE_RATE
+    assert len(toy.sites) == 16 and toy.sample_rate == tones.SAMPLE_RATE
     # The shipped VAE is the MDCT, not something trained: rebuilding it from the recipe gives the same tensors.
     from diffusers import AutoencoderOobleck
 
@@ -84,14 +84,18 @@ def test_shipped_weights(toy):
 
 
 def test_held_out_prompts_come_out_right(toy, one_thread):
-    """The shipped model plays prompts it never heard in training: the named instrument and pitch."""
+    """The shipped model plays prompts it never heard in training: the named instrument (>= 90% of
+    held-out clips over 5 seeds, as its training report says, recomputed here) and pitch."""
     combos = tones.combos("held-out")
-    clips = toy.generate([tones.prompt(*c) for c in combos], seed=0)
-    assert [tones.classify(c) for c in clips] == [c[0] for c in combos]
-    assert [tones.pitch_of(c) for c in clips] == [c[1] for c in combos]
-    report = json.loads(package_file("toy/toy-tones.json").read_text())
-    assert report["accuracy"]["held-out"]["instrument"] >= 0.9
-    assert report["accuracy"]["train"]["instrument"] >= 0.9
+    hits = {"instrument": [], "pitch": []}
+    for seed in range(5):
+        clips = toy.generate([tones.prompt(*c) for c in combos], seed=seed)
+        hits["instrument"] += [tones.classify(c) == combo[0] for c, combo in zip(clips, combos)]
+        hits["pitch"] += [tones.pitch_of(c) == combo[1] for c, combo in zip(clips, combos)]
+    report = json.loads(package_file("toy/toy-tones.json").read_text())["accuracy"]
+    for what, got in hits.items():
+        assert np.mean(got) == pytest.approx(report["held-out"][what])
+    assert report["held-out"]["instrument"] >= 0.9 and report["train"]["instrument"] >= 0.9
 
 
 def test_training_is_reproducible(tmp_path):

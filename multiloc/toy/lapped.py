@@ -77,8 +77,8 @@ def set_mdct(vae: nn.Module, scale: float | Sequence[float] = 1.0) -> nn.Module:
     """Write the MDCT (latent channel k = ``scale[k]`` x coefficient k; one float scales all) into
     ``vae``; returns it. See the module docstring for the config it needs."""
     cfg = vae.config
-    (n,) = cfg.downsampling_ratios
-    if (list(cfg.channel_multiples) != [1] or cfg.decoder_input_channels != n or cfg.decoder_channels != n
+    n = cfg.downsampling_ratios[0]
+    if (len(cfg.downsampling_ratios) != 1 or list(cfg.channel_multiples) != [1] or cfg.decoder_input_channels != n or cfg.decoder_channels != n
             or cfg.encoder_hidden_size != 2 * n or cfg.audio_channels != 1):
         raise ValueError("set_mdct needs a one-stage mono Oobleck VAE with N latent channels (see lapped.py)")
     basis = mdct_basis(n).float()
