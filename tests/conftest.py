@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 
 import pytest
 import torch
@@ -52,6 +53,16 @@ def plant(model: multiloc.Model, keep: set[str]) -> None:
             for m in (e.modules() if e is not None else ()):
                 if isinstance(m, torch.nn.Linear):
                     m.weight.zero_()
+
+
+@pytest.fixture
+def one_thread() -> Iterator[None]:
+    """Run the test with one torch thread, as the demo does: toy-sized tensors run faster on one
+    thread (and far faster on a loaded machine)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
 
 
 @pytest.fixture

@@ -11,7 +11,6 @@ from collections import Counter
 import numpy as np
 import pytest
 import soundfile
-import torch
 
 import multiloc
 from multiloc.cli import main
@@ -21,13 +20,9 @@ from .conftest import TINY_AUDIO, plant
 
 
 @pytest.fixture(autouse=True)
-def one_thread():
+def _one_torch_thread(one_thread: None) -> None:
     """Toy audio models gain nothing from intra-op threads; on a busy 2-core machine OpenMP workers spinning
     for each other made a tiny AudioLDM2 generation 25x slower (3.1 s vs 0.13 s measured here)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 MUSIC = multiloc.Concept(name="piano", scorer="reference",

@@ -17,15 +17,6 @@ from multiloc.demo import DEMOS
 from multiloc.toy import shapes
 
 
-@pytest.fixture
-def one_thread():
-    # What the demo does: tiny tensors run faster on one thread (and far faster on a loaded machine).
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture(scope="module")
 def toy() -> multiloc.Model:
     return multiloc.load("toy-shapes")

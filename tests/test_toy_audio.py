@@ -16,14 +16,6 @@ from multiloc.toy import tones
 from multiloc.toy.lapped import mdct_basis, set_mdct
 
 
-@pytest.fixture
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture(scope="module")
 def toy() -> multiloc.Model:
     return multiloc.load("toy-tones")

@@ -17,14 +17,6 @@ from multiloc.toy.train import _spec
 from multiloc.toy.train_dit import _images, normalize_latents
 
 
-@pytest.fixture
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture(scope="module")
 def toy() -> multiloc.Model:
     return multiloc.load("toy-shapes-dit")

@@ -17,7 +17,8 @@ import copy
 import json
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from importlib import import_module
 from pathlib import Path
 from typing import Any
@@ -33,6 +34,23 @@ from . import shapes
 # loaded machine, 5-20x more), and a fixed thread count keeps float sums, so the weights, reproducible.
 SHAPES_RECIPE = {"steps": 800, "batch_size": 32, "lr": 3e-3, "warmup": 100, "uncond_p": 0.1, "seed": 0,
                  "threads": 1}
+
+
+@contextmanager
+def torch_threads(n: int) -> Iterator[None]:
+    """Run with ``n`` torch threads, restoring the previous count after (also on errors)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def cosine_schedule(opt: torch.optim.Optimizer, warmup: int, steps: int) -> torch.optim.lr_scheduler.LambdaLR:
+    """Linear warm-up over ``warmup`` steps, then a cosine decay to 0 at ``steps``."""
+    return torch.optim.lr_scheduler.LambdaLR(opt, lambda i: min(1.0, (i + 1) / warmup) * 0.5 * (
+        1 + math.cos(math.pi * min(i, steps) / steps)))
 
 
 def _spec(name: str) -> dict[str, Any]:
@@ -62,12 +80,8 @@ def train_shapes(out: str | Path, *, steps: int | None = None, log: Callable[[st
     report (recipe, loss, time and, with ``evaluate``, the scorers' accuracy on training and
     held-out prompts)."""
     r = {**SHAPES_RECIPE, **recipe, **({"steps": steps} if steps else {})}
-    threads = torch.get_num_threads()
-    torch.set_num_threads(r["threads"])
-    try:
+    with torch_threads(r["threads"]):
         return _train_shapes(Path(out), r, log, evaluate)
-    finally:
-        torch.set_num_threads(threads)
 
 
 def _train_shapes(out: Path, r: dict[str, Any], log: Callable[[str], None], evaluate: bool) -> dict[str, Any]:
@@ -85,8 +99,7 @@ def _train_shapes(out: Path, r: dict[str, Any], log: Callable[[str], None], eval
     gen = torch.Generator().manual_seed(r["seed"])
     params = [*unet.parameters(), *text_encoder.parameters()]
     opt = torch.optim.AdamW(params, lr=r["lr"], weight_decay=0.0, foreach=True)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda i: min(1.0, (i + 1) / r["warmup"]) * 0.5 * (
-        1 + math.cos(math.pi * min(i, r["steps"]) / r["steps"])))
+    sched = cosine_schedule(opt, r["warmup"], r["steps"])
     unet.train()
     text_encoder.train()
     alphas = scheduler.alphas_cumprod

@@ -16,7 +16,6 @@ Example::
 from __future__ import annotations
 
 import json
-import math
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -28,7 +27,7 @@ import torch
 from ..build import build_pipeline, component_state
 from . import tones
 from .lapped import set_mdct
-from .train import _defaults, _spec
+from .train import _defaults, _spec, cosine_schedule, torch_threads
 
 # Chosen to fit a few minutes on one thread of a shared 2-core CPU while every held-out prompt comes
 # out as the named instrument. Each MDCT channel is scaled to unit RMS over the training clips (at
@@ -55,12 +54,8 @@ def train_tones(out: str | Path, *, steps: int | None = None, log: Callable[[str
     report (recipe, loss, time and, with ``evaluate``, the instrument and pitch read back from the
     model's clips for training and held-out prompts)."""
     r = {**TONES_RECIPE, **recipe, **({"steps": steps} if steps else {})}
-    threads = torch.get_num_threads()
-    torch.set_num_threads(r["threads"])
-    try:
+    with torch_threads(r["threads"]):
         return _train(Path(out), r, log, evaluate)
-    finally:
-        torch.set_num_threads(threads)
 
 
 def latent_scale(vae: Any, clips: torch.Tensor, max_scale: float) -> list[float]:
@@ -108,8 +103,7 @@ def _train(out: Path, r: dict[str, Any], log: Callable[[str], None], evaluate: b
     gen = torch.Generator().manual_seed(r["seed"])
     params = [*dit.parameters(), *pipe.text_encoder.parameters(), *pipe.projection_model.parameters()]
     opt = torch.optim.AdamW(params, lr=r["lr"], weight_decay=0.0, foreach=True)
-    lr = torch.optim.lr_scheduler.LambdaLR(opt, lambda i: min(1.0, (i + 1) / r["warmup"]) * 0.5 * (
-        1 + math.cos(math.pi * min(i, r["steps"]) / r["steps"])))
+    lr = cosine_schedule(opt, r["warmup"], r["steps"])
     for m in (dit, pipe.text_encoder, pipe.projection_model):
         m.train()
     start, losses = time.perf_counter(), []

@@ -20,7 +20,6 @@ Example::
 from __future__ import annotations
 
 import json
-import math
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -31,7 +30,7 @@ import torch
 
 from ..build import build_pipeline, component_state
 from . import shapes
-from .train import _defaults, _spec, evaluate_shapes
+from .train import _defaults, _spec, cosine_schedule, evaluate_shapes, torch_threads
 
 NAME = "toy-shapes-dit"
 # Chosen to fit a few minutes on one thread of a shared 2-core CPU (see train.py on why one thread).
@@ -47,17 +46,8 @@ def train_shapes_dit(out: str | Path, *, steps: int | None = None, log: Callable
     r = {**DIT_RECIPE, **recipe}
     if steps:
         r.update(steps=steps, vae_steps=min(r["vae_steps"], steps))
-    threads = torch.get_num_threads()
-    torch.set_num_threads(r["threads"])
-    try:
+    with torch_threads(r["threads"]):
         return _train(Path(out), r, log, evaluate)
-    finally:
-        torch.set_num_threads(threads)
-
-
-def _cosine(opt: torch.optim.Optimizer, warmup: int, steps: int) -> torch.optim.lr_scheduler.LambdaLR:
-    return torch.optim.lr_scheduler.LambdaLR(opt, lambda i: min(1.0, (i + 1) / warmup) * 0.5 * (
-        1 + math.cos(math.pi * min(i, steps) / steps)))
 
 
 def _images(split: str) -> torch.Tensor:
@@ -79,7 +69,7 @@ def train_vae(vae: Any, images: torch.Tensor, r: dict[str, Any], gen: torch.Gene
     """Reconstruct ``images`` through the sampled latent (so the decoder tolerates latents a little
     off the encoder's, as the transformer's will be); a small KL term keeps the latents tame."""
     opt = torch.optim.AdamW(vae.parameters(), lr=r["vae_lr"], weight_decay=0.0, foreach=True)
-    sched = _cosine(opt, min(50, r["vae_steps"]), r["vae_steps"])
+    sched = cosine_schedule(opt, min(50, r["vae_steps"]), r["vae_steps"])
     vae.train()
     losses = []
     for step in range(r["vae_steps"]):
@@ -146,7 +136,7 @@ def _train(out: Path, r: dict[str, Any], log: Callable[[str], None], evaluate: b
     ids, att = enc.input_ids, enc.attention_mask
     params = [*transformer.parameters(), *text_encoder.parameters()]
     opt = torch.optim.AdamW(params, lr=r["lr"], weight_decay=0.0, foreach=True)
-    sched = _cosine(opt, r["warmup"], r["steps"])
+    sched = cosine_schedule(opt, r["warmup"], r["steps"])
     transformer.train()
     text_encoder.train()
     alphas = scheduler.alphas_cumprod
