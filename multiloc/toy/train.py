@@ -53,6 +53,64 @@ def cosine_schedule(opt: torch.optim.Optimizer, warmup: int, steps: int) -> torc
         1 + math.cos(math.pi * min(i, steps) / steps)))
 
 
+def descend(loss: torch.Tensor, opt: torch.optim.Optimizer, params: list[torch.Tensor]) -> None:
+    """One optimizer step on ``loss``, gradients clipped to norm 1 (every toy trainer's step)."""
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(params, 1.0)
+    opt.step()
+
+
+def log_progress(log: Callable[[str], None], step: int, steps: int, losses: list[float], start: float) -> None:
+    """Every 100 steps and at the last: the mean loss of the last 100 steps and the time so far."""
+    if (step + 1) % 100 == 0 or step + 1 == steps:
+        log(f"step {step + 1}/{steps}  loss {np.mean(losses[-100:]):.4f}  {time.perf_counter() - start:.0f} s")
+
+
+def save_toy(out: Path, name: str, components: dict[str, Any], report: dict[str, Any],
+             accuracy: Callable[[], dict[str, Any]] | None, log: Callable[[str], None]) -> dict[str, Any]:
+    """Write ``OUT/NAME.safetensors`` (the components' tensors, the recipe as metadata) and
+    ``OUT/NAME.json`` (``report``, plus ``accuracy()`` and the settings it ran with unless None)."""
+    from safetensors.torch import save_file
+
+    out.mkdir(parents=True, exist_ok=True)
+    weights = out / f"{name}.safetensors"
+    save_file(component_state(components), str(weights), metadata={"recipe": json.dumps(report["recipe"])})
+    if accuracy is not None:
+        defaults = _defaults(name)
+        report["accuracy"] = accuracy()
+        report["accuracy_settings"] = {"steps": defaults["steps"], "guidance": defaults["guidance"], "seeds": 5}
+    (out / f"{name}.json").write_text(json.dumps(report, indent=2) + "\n")
+    log(f"wrote {weights} ({weights.stat().st_size / 1e6:.1f} MB) in {report['train_s']:.0f} s"
+        + (f"; accuracy {json.dumps(report['accuracy'])}" if accuracy is not None else ""))
+    return report
+
+
+def world_accuracy(pipe: Any, name: str, world: Any, readers: dict[str, Callable[[Any, tuple], bool]],
+                   unit: str, seeds: tuple[int, ...] = (0, 1, 2, 3, 4), **settings: Any) -> dict[str, dict[str, float]]:
+    """For the training and held-out prompts of a toy ``world`` (a module with ``combos(split)`` and
+    ``prompt(*combo)``): how often each reader finds what the prompt names (``reader(output, combo)``)
+    and how often all do (``both``), over ``seeds``, with registry entry ``name``'s settings unless
+    ``settings`` override them; ``unit`` counts the outputs."""
+    import multiloc
+
+    model = multiloc.load(pipe, settings={**_defaults(name), **settings})
+    out: dict[str, dict[str, float]] = {}
+    for split in ("train", "held-out"):
+        combos = world.combos(split)
+        hits: dict[str, list[bool]] = {k: [] for k in [*readers, "both"]}
+        for seed in seeds:
+            outputs = model.generate([world.prompt(*c) for c in combos], seed=seed)
+            for combo, output in zip(combos, outputs):
+                got = [reader(output, combo) for reader in readers.values()]
+                for key, hit in zip(readers, got):
+                    hits[key].append(hit)
+                hits["both"].append(all(got))
+        out[split] = {k: round(float(np.mean(v)), 3) for k, v in hits.items()}
+        out[split][unit] = len(combos) * len(seeds)
+    return out
+
+
 def _spec(name: str) -> dict[str, Any]:
     from .. import registry
 
@@ -85,7 +143,6 @@ def train_shapes(out: str | Path, *, steps: int | None = None, log: Callable[[st
 
 
 def _train_shapes(out: Path, r: dict[str, Any], log: Callable[[str], None], evaluate: bool) -> dict[str, Any]:
-    from safetensors.torch import save_file
 
     spec = _spec("toy-shapes")
     words = spec["components"]["tokenizer"]["config"]["words"]
@@ -119,32 +176,17 @@ def _train_shapes(out: Path, r: dict[str, Any], log: Callable[[str], None], eval
         # so this target is learnt in far fewer steps than the noise is.
         pred = unet(xt, t, encoder_hidden_states=ehs).sample[:, :3]  # the first half of IF's 6 channels
         loss = torch.nn.functional.mse_loss(pred, x0)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        opt.step()
+        descend(loss, opt, params)
         sched.step()
         losses.append(loss.item())
-        if (step + 1) % 100 == 0 or step + 1 == r["steps"]:
-            log(f"step {step + 1}/{r['steps']}  loss {np.mean(losses[-100:]):.4f}  "
-                f"{time.perf_counter() - start:.0f} s")
+        log_progress(log, step, r["steps"], losses, start)
     train_s = time.perf_counter() - start
     unet.eval()
     text_encoder.eval()
-    out.mkdir(parents=True, exist_ok=True)
-    weights = out / "toy-shapes.safetensors"
-    state = component_state({"unet": unet, "text_encoder": text_encoder})
-    save_file(state, str(weights), metadata={"recipe": json.dumps(r)})
     report: dict[str, Any] = {"model": "toy-shapes", "recipe": r, "train_s": round(train_s, 1),
                               "final_loss": float(np.mean(losses[-100:]))}
-    if evaluate:
-        defaults = _defaults("toy-shapes")
-        report["accuracy"] = evaluate_shapes(pipe)
-        report["accuracy_settings"] = {"steps": defaults["steps"], "guidance": defaults["guidance"], "seeds": 5}
-    (out / "toy-shapes.json").write_text(json.dumps(report, indent=2) + "\n")
-    log(f"wrote {weights} ({weights.stat().st_size / 1e6:.1f} MB) in {train_s:.0f} s"
-        + (f"; accuracy {json.dumps(report['accuracy'])}" if evaluate else ""))
-    return report
+    return save_toy(out, "toy-shapes", {"unet": unet, "text_encoder": text_encoder}, report,
+                    (lambda: evaluate_shapes(pipe)) if evaluate else None, log)
 
 
 def evaluate_shapes(pipe: Any, seeds: tuple[int, ...] = (0, 1, 2, 3, 4), model: str = "toy-shapes",
@@ -153,23 +195,10 @@ def evaluate_shapes(pipe: Any, seeds: tuple[int, ...] = (0, 1, 2, 3, 4), model: 
     back) on the generations of ``pipe`` (a toy-shapes world model, registry entry ``model``), for
     training and held-out prompts, over ``seeds``, with the entry's settings (steps, guidance ...)
     unless ``settings`` override them."""
-    import multiloc
-
-    loaded = multiloc.load(pipe, settings={**_defaults(model), **settings})
-    out: dict[str, dict[str, float]] = {}
-    for split in ("train", "held-out"):
-        combos = shapes.combos(split)
-        hits = {"colour": [], "shape": [], "both": []}
-        for seed in seeds:
-            imgs = loaded.generate([shapes.prompt(*t) for t in combos], seed=seed)
-            for (colour, shape, _), img in zip(combos, imgs):
-                c, s = shapes.best_colour(img) == colour, shapes.best_shape(img) == shape
-                hits["colour"].append(c)
-                hits["shape"].append(s)
-                hits["both"].append(c and s)
-        out[split] = {k: round(float(np.mean(v)), 3) for k, v in hits.items()}
-        out[split]["images"] = len(combos) * len(seeds)
-    return out
+    return world_accuracy(pipe, model, shapes, {
+        "colour": lambda img, combo: shapes.best_colour(img) == combo[0],
+        "shape": lambda img, combo: shapes.best_shape(img) == combo[1],
+    }, "images", seeds, **settings)
 
 
 def _lazy(module: str, function: str) -> Callable[..., dict[str, Any]]:

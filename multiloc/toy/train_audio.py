@@ -15,7 +15,6 @@ Example::
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -24,10 +23,19 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..build import build_pipeline, component_state
+from ..build import build_pipeline
 from . import tones
 from .lapped import set_mdct
-from .train import _defaults, _spec, cosine_schedule, torch_threads
+from .train import (
+    _defaults,
+    _spec,
+    cosine_schedule,
+    descend,
+    log_progress,
+    save_toy,
+    torch_threads,
+    world_accuracy,
+)
 
 # Chosen to fit a few minutes on one thread of a shared 2-core CPU while every held-out prompt comes
 # out as the named instrument. Each MDCT channel is scaled to unit RMS over the training clips (at
@@ -83,7 +91,6 @@ def _conditioning(pipe: Any, prompts: list[str], seconds: float) -> tuple[torch.
 
 def _train(out: Path, r: dict[str, Any], log: Callable[[str], None], evaluate: bool) -> dict[str, Any]:
     from diffusers.models.embeddings import get_1d_rotary_pos_embed
-    from safetensors.torch import save_file
 
     spec = _spec(NAME)
     if sorted(spec["components"]["tokenizer"]["config"]["words"]) != sorted(tones.vocabulary()):
@@ -110,26 +117,14 @@ def _train(out: Path, r: dict[str, Any], log: Callable[[str], None], evaluate: b
     for step in range(r["steps"]):
         losses.append(_step(pipe, latents, prompts, seconds, rotary, gen, r, opt, params))
         lr.step()
-        if (step + 1) % 100 == 0 or step + 1 == r["steps"]:
-            log(f"step {step + 1}/{r['steps']}  loss {np.mean(losses[-100:]):.4f}  "
-                f"{time.perf_counter() - start:.0f} s")
+        log_progress(log, step, r["steps"], losses, start)
     train_s = time.perf_counter() - start
     for m in (dit, pipe.text_encoder, pipe.projection_model):
         m.eval()
-    out.mkdir(parents=True, exist_ok=True)
-    weights = out / f"{NAME}.safetensors"
     parts = {k: getattr(pipe, k) for k in ("transformer", "projection_model", "vae", "text_encoder")}
-    save_file(component_state(parts), str(weights), metadata={"recipe": json.dumps(r)})
     report: dict[str, Any] = {"model": NAME, "recipe": r, "train_s": round(train_s, 1),
                               "final_loss": float(np.mean(losses[-100:])), "latent_scale": scale}
-    if evaluate:
-        defaults = _defaults(NAME)
-        report["accuracy"] = evaluate_tones(pipe)
-        report["accuracy_settings"] = {"steps": defaults["steps"], "guidance": defaults["guidance"], "seeds": 5}
-    (out / f"{NAME}.json").write_text(json.dumps(report, indent=2) + "\n")
-    log(f"wrote {weights} ({weights.stat().st_size / 1e6:.1f} MB) in {train_s:.0f} s"
-        + (f"; accuracy {json.dumps(report['accuracy'])}" if evaluate else ""))
-    return report
+    return save_toy(out, NAME, parts, report, (lambda: evaluate_tones(pipe)) if evaluate else None, log)
 
 
 def _step(pipe: Any, latents: torch.Tensor, prompts: list[str], seconds: float, rotary: Any,
@@ -154,10 +149,7 @@ def _step(pipe: Any, latents: torch.Tensor, prompts: list[str], seconds: float, 
     weight = (sigma ** 2 + sigma_data ** 2) / (sigma * sigma_data) ** 2  # EDM: unit loss at every sigma
     loss = (weight * (denoised - z0) ** 2).mean()
     penalty = sum(block.attn2.to_out[0].weight.norm() for block in dit.transformer_blocks)
-    opt.zero_grad(set_to_none=True)
-    (loss + r["text_sparsity"] * penalty).backward()
-    torch.nn.utils.clip_grad_norm_(params, 1.0)
-    opt.step()
+    descend(loss + r["text_sparsity"] * penalty, opt, params)
     return loss.item()
 
 
@@ -165,20 +157,7 @@ def evaluate_tones(pipe: Any, seeds: tuple[int, ...] = (0, 1, 2, 3, 4), **settin
     """How often the instrument (``instrument`` scorer's reading), the pitch and both come out as
     named, over the training and held-out prompts and ``seeds``, with the registry entry's settings
     unless ``settings`` override them."""
-    import multiloc
-
-    model = multiloc.load(pipe, settings={**_defaults(NAME), **settings})
-    out: dict[str, dict[str, float]] = {}
-    for split in ("train", "held-out"):
-        combos = tones.combos(split)
-        hits: dict[str, list[bool]] = {"instrument": [], "pitch": [], "both": []}
-        for seed in seeds:
-            clips = model.generate([tones.prompt(*c) for c in combos], seed=seed)
-            for (instrument, pitch, _), clip in zip(combos, clips):
-                i, p = tones.classify(clip) == instrument, tones.pitch_of(clip) == pitch
-                hits["instrument"].append(i)
-                hits["pitch"].append(p)
-                hits["both"].append(i and p)
-        out[split] = {k: round(float(np.mean(v)), 3) for k, v in hits.items()}
-        out[split]["clips"] = len(combos) * len(seeds)
-    return out
+    return world_accuracy(pipe, NAME, tones, {
+        "instrument": lambda clip, combo: tones.classify(clip) == combo[0],
+        "pitch": lambda clip, combo: tones.pitch_of(clip) == combo[1],
+    }, "clips", seeds, **settings)

@@ -19,7 +19,6 @@ Example::
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -28,9 +27,18 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..build import build_pipeline, component_state
+from ..build import build_pipeline
 from . import shapes
-from .train import _defaults, _spec, cosine_schedule, evaluate_shapes, torch_threads
+from .train import (
+    _defaults,
+    _spec,
+    cosine_schedule,
+    descend,
+    evaluate_shapes,
+    log_progress,
+    save_toy,
+    torch_threads,
+)
 
 NAME = "toy-shapes-dit"
 # Chosen to fit a few minutes on one thread of a shared 2-core CPU (see train.py on why one thread).
@@ -107,7 +115,6 @@ def normalize_latents(vae: Any, images: torch.Tensor) -> None:
 
 
 def _train(out: Path, r: dict[str, Any], log: Callable[[str], None], evaluate: bool) -> dict[str, Any]:
-    from safetensors.torch import save_file
 
     spec = _spec(NAME)
     words = spec["components"]["tokenizer"]["config"]["words"]
@@ -161,30 +168,15 @@ def _train(out: Path, r: dict[str, Any], log: Callable[[str], None], evaluate: b
         total = loss
         if r["attn2_l1"]:  # the group lasso of the module docstring
             total = loss + r["attn2_l1"] * sum(blk.attn2.to_out[0].weight.norm() for blk in transformer.transformer_blocks)
-        opt.zero_grad(set_to_none=True)
-        total.backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        opt.step()
+        descend(total, opt, params)
         sched.step()
         losses.append(loss.item())
-        if (step + 1) % 100 == 0 or step + 1 == r["steps"]:
-            log(f"step {step + 1}/{r['steps']}  loss {np.mean(losses[-100:]):.4f}  "
-                f"{time.perf_counter() - dit_start:.0f} s")
+        log_progress(log, step, r["steps"], losses, dit_start)
     train_s = time.perf_counter() - start
     transformer.eval()
     text_encoder.eval()
-    out.mkdir(parents=True, exist_ok=True)
-    weights = out / f"{NAME}.safetensors"
-    state = component_state({"transformer": transformer, "vae": vae, "text_encoder": text_encoder})
-    save_file(state, str(weights), metadata={"recipe": json.dumps(r)})
     report: dict[str, Any] = {"model": NAME, "recipe": r, "train_s": round(train_s, 1), "vae_s": round(vae_s, 1),
                               "vae_final_loss": float(np.mean(vae_losses[-50:])),
                               "vae_reconstruction": recon, "final_loss": float(np.mean(losses[-100:]))}
-    if evaluate:
-        defaults = _defaults(NAME)
-        report["accuracy"] = evaluate_shapes(pipe, model=NAME)
-        report["accuracy_settings"] = {"steps": defaults["steps"], "guidance": defaults["guidance"], "seeds": 5}
-    (out / f"{NAME}.json").write_text(json.dumps(report, indent=2) + "\n")
-    log(f"wrote {weights} ({weights.stat().st_size / 1e6:.1f} MB) in {train_s:.0f} s"
-        + (f"; accuracy {json.dumps(report['accuracy'])}" if evaluate else ""))
-    return report
+    return save_toy(out, NAME, {"transformer": transformer, "vae": vae, "text_encoder": text_encoder}, report,
+                    (lambda: evaluate_shapes(pipe, model=NAME)) if evaluate else None, log)
