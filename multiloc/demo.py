@@ -41,15 +41,12 @@ def run_demo(out: str | Path = "multiloc-out/demo", *, seeds: int = 1, control: 
     models' tensors are so small that thread synchronization costs more than it saves (on a loaded
     machine, 5-20x more).
     """
-    import torch
+    from contextlib import nullcontext
 
-    before = torch.get_num_threads()
-    if threads:
-        torch.set_num_threads(threads)
-    try:
+    from .toy.train import torch_threads
+
+    with torch_threads(threads) if threads else nullcontext():
         return _run(Path(out), seeds, control, device, log)
-    finally:
-        torch.set_num_threads(before)
 
 
 def _run(out: Path, seeds: int, control: int, device: Any, log: Callable[[str], None]) -> dict[str, Any]:

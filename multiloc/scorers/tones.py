@@ -26,35 +26,43 @@ from . import Scorer
 from .pixels import _check
 
 
-class InstrumentScorer(Scorer):
+class _ToneScorer(Scorer):
+    """Reads each clip against one target word of ``known``: :meth:`read` gives the score."""
+
+    modality = "audio"
+    known: tuple[str, ...] = ()
+
+    def __init__(self, sample_rate: int | None = None) -> None:
+        self.sample_rate = sample_rate
+
+    def read(self, clip: Any, target: str, rate: int) -> float:
+        raise NotImplementedError
+
+    def score(self, outputs: Sequence[Any], targets: Sequence[Any], sample_rate: int | None = None) -> list[float]:
+        words = _check(targets, self.known, self.name)
+        rate = sample_rate or self.sample_rate or tones.SAMPLE_RATE
+        return [self.read(o, w, rate) for o, w in zip(outputs, words)]
+
+
+class InstrumentScorer(_ToneScorer):
     """How surely a clip is the target toy instrument (see the module docstring)."""
 
     name = "instrument"
-    modality = "audio"
+    known = tones.INSTRUMENTS
     meaning = "d_others / (d_target + d_others) over harmonic profile and sustain (toy instruments)"
     flat_hint = "the instrument scorer knows the toy instruments only (toy-tones outputs)"
 
-    def __init__(self, sample_rate: int | None = None) -> None:
-        self.sample_rate = sample_rate
-
-    def score(self, outputs: Sequence[Any], targets: Sequence[Any], sample_rate: int | None = None) -> list[float]:
-        words = _check(targets, tones.INSTRUMENTS, "instrument")
-        rate = sample_rate or self.sample_rate or tones.SAMPLE_RATE
-        return [tones.instrument_scores(o, rate)[w] for o, w in zip(outputs, words)]
+    def read(self, clip: Any, target: str, rate: int) -> float:
+        return tones.instrument_scores(clip, rate)[target]
 
 
-class PitchScorer(Scorer):
+class PitchScorer(_ToneScorer):
     """1 when a clip's pitch is the target toy pitch, else 0 (see the module docstring)."""
 
     name = "pitch"
-    modality = "audio"
+    known = tuple(tones.PITCHES)
     meaning = "1 if the clip's pitch (the toy pitch whose harmonics hold most energy) is the target"
     flat_hint = "the pitch scorer knows the toy pitches only (toy-tones outputs)"
 
-    def __init__(self, sample_rate: int | None = None) -> None:
-        self.sample_rate = sample_rate
-
-    def score(self, outputs: Sequence[Any], targets: Sequence[Any], sample_rate: int | None = None) -> list[float]:
-        words = _check(targets, tuple(tones.PITCHES), "pitch")
-        rate = sample_rate or self.sample_rate or tones.SAMPLE_RATE
-        return [float(tones.pitch_of(o, rate) == w) for o, w in zip(outputs, words)]
+    def read(self, clip: Any, target: str, rate: int) -> float:
+        return float(tones.pitch_of(clip, rate) == target)

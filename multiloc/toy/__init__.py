@@ -11,3 +11,15 @@ scan on a CPU with no hub gives an answer that means something (``multiloc demo`
 
 ``multiloc train-toy`` reproduces the shipped weights (``configs/toy/*.safetensors``).
 """
+
+
+def split(every: list[tuple[str, ...]], held_out: tuple[tuple[str, ...], ...], name: str) -> list[tuple[str, ...]]:
+    """A toy world's prompts (as tuples) for split ``name``: ``"all"``, ``"held-out"`` or ``"train"``
+    (all but the held-out ones), in ``every``'s order."""
+    if name == "all":
+        return list(every)
+    if name == "held-out":
+        return list(held_out)
+    if name == "train":
+        return [c for c in every if c not in held_out]
+    raise ValueError(f"unknown split {name!r}")

@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from . import split as split_combos
+
 SIZE_PX = 16
 BACKGROUND = (0, 0, 0)
 # Far apart in RGB, so the nearest palette colour of a generated pixel is unambiguous.
@@ -50,14 +52,7 @@ def prompt(colour: str, shape: str, size: str) -> str:
 
 def combos(split: str = "all") -> list[tuple[str, str, str]]:
     """(colour, shape, size) triples: ``"train"``, ``"held-out"`` or ``"all"``."""
-    every = [(c, s, z) for c in COLOURS for s in SHAPES for z in SIZES]
-    if split == "all":
-        return every
-    if split == "held-out":
-        return list(HELD_OUT)
-    if split == "train":
-        return [t for t in every if t not in HELD_OUT]
-    raise ValueError(f"unknown split {split!r}")
+    return split_combos([(c, s, z) for c in COLOURS for s in SHAPES for z in SIZES], HELD_OUT, split)
 
 
 def vocabulary() -> list[str]:

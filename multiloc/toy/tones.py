@@ -25,6 +25,8 @@ from functools import lru_cache
 
 import numpy as np
 
+from . import split as split_combos
+
 SAMPLE_RATE = 4000
 CLIP_SAMPLES = 4096  # 1.024 s: 128 latent frames of 32 samples (the toy model's length)
 LEAD = 16  # samples of silence first: the MDCT of the toy VAE rebuilds all but the first half-hop
@@ -52,14 +54,7 @@ def prompt(instrument: str, pitch: str, tempo: str) -> str:
 
 def combos(split: str = "all") -> list[tuple[str, str, str]]:
     """(instrument, pitch, tempo) triples: ``"train"``, ``"held-out"`` or ``"all"``."""
-    every = [(i, p, t) for i in INSTRUMENTS for p in PITCHES for t in TEMPOS]
-    if split == "all":
-        return every
-    if split == "held-out":
-        return list(HELD_OUT)
-    if split == "train":
-        return [c for c in every if c not in HELD_OUT]
-    raise ValueError(f"unknown split {split!r}")
+    return split_combos([(i, p, t) for i in INSTRUMENTS for p in PITCHES for t in TEMPOS], HELD_OUT, split)
 
 
 def vocabulary() -> list[str]:
