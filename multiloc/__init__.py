@@ -8,6 +8,7 @@ Example::
     print(result.table())
 """
 
+from . import control
 from .concepts import Concept, Pair
 from .errors import UserError
 from .interventions import Patch, StepWindow
@@ -19,7 +20,7 @@ from .scorers import Scorer, get_scorer, register_scorer
 from .sites import Site
 
 __all__ = [
-    "Concept", "Model", "Pair", "Patch", "Result", "Scorer", "Site", "StepWindow", "UserError",
+    "Concept", "Model", "control", "Pair", "Patch", "Result", "Scorer", "Site", "StepWindow", "UserError",
     "get_scorer", "load", "register_adapter", "register_scorer", "scan",
 ]
 __version__ = "0.1.0"

@@ -1,4 +1,5 @@
-"""The ``multiloc`` command line: ``models``, ``sites``, ``scan``, ``demo``, ``train-toy``.
+"""The ``multiloc`` command line: ``models``, ``sites``, ``scan``, ``demo``, ``train-toy``, and the control
+commands (``generate`` ...: :mod:`multiloc.control.commands`).
 
 Errors a user can cause print one line on stderr and exit with code 2 (never a traceback).
 """
@@ -308,6 +309,10 @@ def build_parser() -> argparse.ArgumentParser:
                    "(default: multiloc-out/toy); copy them to configs/toy/ to ship them")
     p.add_argument("--steps", type=_positive("--steps"), help="training steps (default: the shipped recipe's)")
     p.set_defaults(func=cmd_train_toy)
+
+    from .control.commands import add_commands
+
+    add_commands(sub)
     return parser
 
 

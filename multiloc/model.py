@@ -32,11 +32,13 @@ from .sites import Site
 class Model:
     """A pipeline together with its adapter (see :func:`load`)."""
 
-    def __init__(self, pipe: Any, adapter: Adapter, name: str, settings: dict[str, Any] | None = None):
+    def __init__(self, pipe: Any, adapter: Adapter, name: str, settings: dict[str, Any] | None = None,
+                 spec: dict[str, Any] | None = None):
         self.pipe = pipe
         self.adapter = adapter
         self.name = name
         self.settings = {**adapter.defaults, **(settings or {})}
+        self.spec = spec or {}  # the registry entry, when loaded by name (its published ``localized`` sites)
         self._cond_cache: dict[str, Conditioning] = {}
 
     def __repr__(self) -> str:
@@ -67,6 +69,21 @@ class Model:
     @cached_property
     def total_params(self) -> int:
         return sum(p.numel() for p in self.denoiser.parameters())
+
+    def applied(self, *weights: Any) -> Any:
+        """A context manager applying weight files (``multiloc rewrite`` output) for the block only.
+
+        >>> with model.applied("edit.safetensors"):
+        ...     edited = model.generate(["a red cube"])
+        >>> # here the weights are bit-identical to before
+        """
+        from .control.weights import applied
+
+        return applied(self, *weights)
+
+    def clear_cache(self) -> None:
+        """Forget cached prompt conditioning (after a text encoder changed)."""
+        self._cond_cache.clear()
 
     def encode(self, prompts: Sequence[str]) -> Conditioning:
         """Embeddings for ``prompts`` (cached per prompt), stacked along dim 0."""
@@ -179,4 +196,4 @@ def load(source: Any, *, device: str | torch.device | None = None, dtype: torch.
         pipe.to(device=device, dtype=dtype)
     if hasattr(pipe, "set_progress_bar_config"):
         pipe.set_progress_bar_config(disable=True)  # multiloc shows its own progress
-    return Model(pipe, adapter, name, {**spec.get("defaults", {}), **(settings or {})})
+    return Model(pipe, adapter, name, {**spec.get("defaults", {}), **(settings or {})}, spec=spec)

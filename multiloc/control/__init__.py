@@ -1,0 +1,21 @@
+"""Control: use the localized sites. One file per method, on the same ``Patch`` / hooks machinery and
+site tables as :mod:`multiloc.localize`.
+
+- ``targets.py``: which sites (a spec, a scan's result, or the model's published sites)
+- ``weights.py``: weight files (only the changed tensors + metadata), applied reversibly
+- ``generate.py``: plain generation with modifiers (weight files; LoRA and steering slot in)
+- ``commands.py``: the CLI commands
+
+Example::
+
+    sites = multiloc.control.resolve_sites(model, "multiloc-out/sdxl-text/result.json")
+    with model.applied("edit.safetensors"):
+        images = multiloc.control.generate(model, ["a cat"], seeds=[0])
+"""
+
+from .generate import Weights, generate
+from .targets import published_sites, resolve_sites
+from .weights import WeightFile, applied, apply, read_weights, save_weights
+
+__all__ = ["WeightFile", "Weights", "applied", "apply", "generate", "published_sites", "read_weights",
+           "resolve_sites", "save_weights"]
