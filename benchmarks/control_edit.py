@@ -6,8 +6,9 @@ target's (Q's word: higher), what must stay (``kept``: the exact scorer of the o
 word P and Q share: shape for a colour edit, pitch for an instrument edit) and SSIM with the original
 (log-spectrogram SSIM for audio). ``random-sites`` draws 3 sets of as many sites from the sites not
 published (the mean is reported). The toys run without classifier-free guidance (guidance 1), where a
-negative prompt does nothing, so ``negative-prompt`` runs at ``--neg-guidance`` against an original
-generated at that guidance too.
+negative prompt or Safe Latent Diffusion does nothing, so ``negative-prompt`` and ``sld`` run at
+``--neg-guidance`` against an original generated at that guidance too (the models were trained without
+prompt dropout, so their unconditional prediction is untrained: these two baselines are weak here).
 
     python benchmarks/control_edit.py [--seeds 2] [--models toy-shapes,toy-shapes-dit,toy-tones]
 """
@@ -28,7 +29,7 @@ SETUPS = {
     "toy-shapes-dit": ("toy-colour", "colour", "shape"),
     "toy-tones": ("toy-instrument", "instrument", "pitch"),
 }
-METHODS = ("localized", "all-sites", "random-sites", "negative-prompt")
+METHODS = ("localized", "all-sites", "random-sites", "negative-prompt", "sld")
 
 
 def main() -> None:
@@ -47,7 +48,7 @@ def main() -> None:
         sites = sets[concept] if concept in sets else sets["default"]
         runs, t0 = [], time.perf_counter()
         for method in METHODS:
-            guidance = args.neg_guidance if method == "negative-prompt" else None
+            guidance = args.neg_guidance if method in ("negative-prompt", "sld") else None
             for p, q in pairs:
                 runs.append(edit(model, p, q, sites=sites, from_step=args.from_step, seeds=range(args.seeds),
                                  method=method, guidance=guidance))

@@ -68,7 +68,7 @@ def test_baselines_through_the_same_harness(shapes, one_thread):
         edit(shapes, P, Q, method="negative-prompt")
     neg = edit(shapes, P, Q, seeds=[0], method="negative-prompt", guidance=3.0)
     assert neg.negative == "red" and neg.donor == [None]
-    with pytest.raises(multiloc.UserError, match="Safe Latent Diffusion is not ported"):
+    with pytest.raises(multiloc.UserError, match="without classifier-free guidance"):
         edit(shapes, P, Q, method="sld")
 
 
@@ -78,8 +78,39 @@ def test_negative_prompt_mapping(tiny_sd, one_thread):
     assert np.allclose(tiny_sd.generate(["a red cube"], seed=0, steps=2, negative=[""])[0], plain, atol=1e-6)
     assert not np.allclose(tiny_sd.generate(["a red cube"], seed=0, steps=2, negative=["red"])[0], plain, atol=1e-4)
     for name, why in (("tiny-flux", "guidance-distilled"), ("tiny-ace-step", "no negative prompt")):
-        with pytest.raises(multiloc.UserError, match=why):
-            edit(multiloc.load(name), "a red cube", "a blue cube", method="negative-prompt")
+        for method in ("negative-prompt", "sld"):
+            with pytest.raises(multiloc.UserError, match=why):
+                edit(multiloc.load(name), "a red cube", "a blue cube", method=method)
+
+
+def test_sld_port_equals_diffusers_safe_pipeline(tiny_sd, one_thread):
+    """Known answer: the SLD port gives StableDiffusionPipelineSafe's image (same weights, seed, settings)."""
+    import torch
+    from diffusers import StableDiffusionPipelineSafe
+
+    run = edit(tiny_sd, "a red cube", "a blue cube", seeds=[0], method="sld", from_step=1, steps=4)
+    assert run.negative == "red"
+    p = tiny_sd.pipe
+    safe = StableDiffusionPipelineSafe(vae=p.vae, text_encoder=p.text_encoder, tokenizer=p.tokenizer, unet=p.unet,
+                                       scheduler=p.scheduler, safety_checker=None, feature_extractor=None,
+                                       requires_safety_checker=False)
+    safe.set_progress_bar_config(disable=True)
+    safe.safety_concept = "red"
+    ref = safe("a red cube", generator=torch.Generator("cpu").manual_seed(0), num_inference_steps=4,
+               guidance_scale=tiny_sd.settings["guidance"], output_type="np", sld_warmup_steps=1,
+               height=16, width=16).images[0]
+    assert np.abs(ref - run.edited[0][0]).max() < 1e-5
+    assert np.abs(run.original[0] - run.edited[0][0]).max() > 1e-3  # the guidance did something
+    assert not tiny_sd.denoiser._forward_hooks and not tiny_sd.denoiser._forward_pre_hooks  # all removed
+
+
+@pytest.mark.parametrize("name", ["tiny-sdxl", "tiny-sd3", "tiny-pixart", "tiny-audioldm2", "tiny-stable-audio"])
+def test_sld_and_negative_prompt_run_on_every_cfg_family(name, one_thread):
+    model = multiloc.load(name)
+    for method in ("sld", "negative-prompt"):
+        run = edit(model, "a red cube", "a blue cube", seeds=[0], method=method, from_step=0, steps=2)
+        assert run.edited[0][0].shape == run.original[0].shape
+        assert not np.allclose(run.edited[0][0], run.original[0], atol=1e-6), method
 
 
 def test_audio_edit_and_spectrogram_ssim(one_thread):
@@ -127,7 +158,7 @@ def test_cli_edit_writes_outputs_and_table(tmp_path, capsys, one_thread):
     (["--model", "toy-shapes", "--prompt", "a", "--to", "b", "--method", "blur"], "unknown edit method"),
     (["--model", "toy-shapes", "--prompt", "a", "--to", "b", "--concept", "toy-colour", "--from-step", "11"],
      "outside 0..10"),
-    (["--model", "toy-shapes", "--prompt", "a", "--to", "b", "--method", "sld"], "not ported"),
+    (["--model", "toy-shapes", "--prompt", "a", "--to", "b", "--method", "sld"], "without classifier-free"),
     (["--model", "toy-shapes", "--prompt", "a"], "needs --prompt P and --to Q"),
 ])
 def test_cli_bad_input_one_line_nothing_written(tmp_path, capsys, args, message):

@@ -15,7 +15,8 @@ Methods (the paper's baselines, same harness, same seeds):
   the metrics are the mean over draws;
 - ``negative-prompt``: P generated with the removed words (P's words not in Q, or ``negative``) as
   negative prompt (needs classifier-free guidance and a family that takes one);
-- ``sld``: Safe Latent Diffusion guidance; not ported (see :data:`SLD_NOT_PORTED`).
+- ``sld``: Safe Latent Diffusion guidance away from the removed words (or ``negative``), from step K on
+  (:class:`SafeGuidance`; needs classifier-free guidance).
 
 Evaluation (:func:`evaluate`): per pair, seed and method, SSIM of edited vs original (images; a log
 spectrogram SSIM for audio), the removed concept's score on the edited output (the scorer's score for
@@ -46,6 +47,7 @@ from tqdm.auto import tqdm
 
 from ..concepts import _words
 from ..errors import UserError
+from ..hooks import guide_prediction
 from ..interventions import Patch, StepWindow
 from ..media import save_output
 from ..results import _clean, write_atomic
@@ -56,11 +58,50 @@ from .targets import resolve_sites
 METHODS = ("localized", "all-sites", "random-sites", "negative-prompt", "sld")
 # The paper's start step: SDXL edits from step 4 of 50 (SD3 / IF: 2 of their schedules).
 PAPER_FROM_STEP = (4, 50)
-SLD_NOT_PORTED = (
-    "Safe Latent Diffusion is not ported: its guidance needs a third denoiser copy per step (the safety "
-    "concept) and a new combination of the three noise predictions with momentum, inside each pipeline's "
-    "own guidance step; diffusers has it for SD 1.x only (StableDiffusionPipelineSafe: use it there), and "
-    "our families build the copies' conditioning differently (pooled and time ids, masks, two text streams)")
+
+
+@dataclass(frozen=True)
+class SafeGuidance:
+    """Safe Latent Diffusion guidance (Schramowski et al., CVPR 2023), ported from diffusers'
+    ``StableDiffusionPipelineSafe`` (SD 1.x only there) to every family with classifier-free guidance.
+
+    The safety concept is an extra in-batch row that predicts on the guided row's latent
+    (:func:`multiloc.hooks.guide_prediction`); the guided row's conditional prediction then becomes
+    ``text - safety_term`` (Equations 3-8 of the paper, the diffusers defaults: guidance scale 1000,
+    threshold 0.01, momentum 0.3, beta 0.4), so the pipeline's own CFG step computes
+    ``uncond + g * (text - uncond - safety_term)`` exactly as the safe pipeline does. The term applies
+    from ``warmup`` on (the edit's start step); the momentum accumulates from step 0, as there.
+    The defaults were tuned on SD 1.x's noise predictions; other parametrizations (v, flow) may need others.
+
+    >>> SafeGuidance().term(row=1, safety=2)   # fn(pred, step) for guide_prediction
+    """
+
+    scale: float = 1000.0
+    threshold: float = 0.01
+    momentum_scale: float = 0.3
+    mom_beta: float = 0.4
+    warmup: int = 10
+
+    def term(self, row: int, safety: int) -> Any:
+        momentum: list[Any] = [None]
+
+        def fn(pred: Any, step: int) -> Any:
+            import torch
+
+            uncond, text, concept = pred[0, row], pred[-1, row], pred[-1, safety]
+            scale = torch.clamp((text - concept).abs() * self.scale, max=1.0)
+            scale = torch.where(text - concept >= self.threshold, torch.zeros_like(scale), scale)
+            term = (concept - uncond) * scale
+            if momentum[0] is None:
+                momentum[0] = torch.zeros_like(term)
+            term = term + self.momentum_scale * momentum[0]
+            momentum[0] = self.mom_beta * momentum[0] + (1 - self.mom_beta) * term
+            if step >= self.warmup:
+                pred = pred.clone()
+                pred[-1, row] = text - term
+            return pred
+
+        return fn
 
 
 @dataclass
@@ -140,15 +181,15 @@ def check_method(model: Any, method: str, guidance: float | None = None) -> None
     """Refuse (UserError) a method unknown, not ported, or that ``model`` cannot run."""
     if method not in METHODS:
         raise UserError(f"unknown edit method {method!r}; known: {', '.join(METHODS)}")
-    if method == "sld":
-        raise UserError(SLD_NOT_PORTED)
-    if method == "negative-prompt":
-        if not model.adapter.negative_keys:
-            raise UserError(f"{model.name} cannot take a negative prompt: {model.adapter.no_negative}")
-        g = model.settings["guidance"] if guidance is None else guidance
-        if g <= 1:
-            raise UserError(f"{model.name} runs without classifier-free guidance (guidance {g}), so a negative "
-                            "prompt does nothing; pass --guidance above 1")
+    if method == "negative-prompt" and not model.adapter.negative_keys:
+        raise UserError(f"{model.name} cannot take a negative prompt: {model.adapter.no_negative}")
+    if method == "sld" and not model.adapter.negative_keys:
+        raise UserError(f"{model.name} has no unconditional copy for Safe Latent Diffusion guidance: "
+                        f"{model.adapter.no_negative}")
+    g = model.settings["guidance"] if guidance is None else guidance
+    if method in ("negative-prompt", "sld") and g <= 1:
+        raise UserError(f"{model.name} runs without classifier-free guidance (guidance {g}), so {method} does "
+                        "nothing; pass --guidance above 1")
 
 
 def check_from_step(from_step: int | None, steps: int) -> int:
@@ -190,11 +231,12 @@ def edit(model: Any, prompt: str, to: str, *, sites: Any = None, concept: str | 
         names = set(run.sites)
         sets = draw_sites([s for s in model.sites if s.name not in names], len(chosen), draws, draw_seed)
         run.draws = [[s.name for s in d] for d in sets]
-    if method == "negative-prompt":
+    if method in ("negative-prompt", "sld"):
         run.negative = negative if negative is not None else " ".join(removed_words(prompt, to))
         if not run.negative:
-            raise UserError(f"{prompt!r} has no word that {to!r} lacks; pass the negative prompt with --negative")
+            raise UserError(f"{prompt!r} has no word that {to!r} lacks; pass the concept to remove with --negative")
     window = StepWindow(k, None)
+    sld = SafeGuidance(warmup=k)
     site_sets = run.draws or [run.sites]
     bar = tqdm(total=len(seeds), desc=f"edit {model.name} ({method})", unit="seed", disable=not progress)
     for seed in seeds:
@@ -203,6 +245,14 @@ def edit(model: Any, prompt: str, to: str, *, sites: Any = None, concept: str | 
             edited = model.generate([prompt], seed=seed, steps=steps, guidance=guidance, negative=[run.negative])
             run.original.append(original)
             run.edited.append(edited)
+            run.donor.append(None)
+        elif method == "sld":
+            # rows: P (original), P (guided), the safety concept predicting on the guided row's latent
+            with guide_prediction(model.denoiser, 3, {2: 1}, sld.term(row=1, safety=2),
+                                  model.adapter.calls_per_step):
+                outs = model.generate([prompt, prompt, run.negative], seed=seed, steps=steps, guidance=guidance)
+            run.original.append(outs[0])
+            run.edited.append([outs[1]])
             run.donor.append(None)
         else:
             # rows: Q (donor), P (original), then one patched P per site set
