@@ -7,8 +7,9 @@ word P and Q share: shape for a colour edit, pitch for an instrument edit) and S
 (log-spectrogram SSIM for audio). ``random-sites`` draws 3 sets of as many sites from the sites not
 published (the mean is reported). The toys run without classifier-free guidance (guidance 1), where a
 negative prompt or Safe Latent Diffusion does nothing, so ``negative-prompt`` and ``sld`` run at
-``--neg-guidance`` against an original generated at that guidance too (the models were trained without
-prompt dropout, so their unconditional prediction is untrained: these two baselines are weak here).
+``--neg-guidance`` against an original generated at that guidance too (the toys were trained on
+whole prompts and on "" for CFG, never on a lone word such as "red", which is what the negative prompt
+and the safety concept are here).
 
     python benchmarks/control_edit.py [--seeds 2] [--models toy-shapes,toy-shapes-dit,toy-tones]
 """
@@ -38,6 +39,7 @@ def main() -> None:
     ap.add_argument("--seeds", type=int, default=2)
     ap.add_argument("--from-step", type=int, default=None, help="default: 4/50 of the model's steps")
     ap.add_argument("--neg-guidance", type=float, default=3.0)
+    ap.add_argument("--k-sweep", default="0,4,8,9", help="start steps to sweep for the localized edit ('' for none)")
     args = ap.parse_args()
     torch.set_num_threads(1)
     for name in args.models.split(","):
@@ -63,6 +65,15 @@ def main() -> None:
               f"{base.get('kept_original', float('nan')):>12.3f}")
         for note in report["notes"]:
             print(f"note: {note}")
+        ks = [int(k) for k in args.k_sweep.split(",") if k]
+        if ks:
+            sweep = [edit(model, p, q, sites=sites, from_step=k, seeds=range(args.seeds)) for k in ks for p, q in pairs]
+            records = evaluate(model, sweep, scorer=scorer, keep=keep)["records"]
+            print(f"localized edit by start step K (of {runs[0].steps}):")
+            for k in ks:
+                rows = [r for r, run in zip(records, [x for x in sweep for _ in x.seeds]) if run.from_step == k]
+                print(f"  K={k:<3}" + "".join(f"{m} {sum(r[m] for r in rows) / len(rows):.3f}  "
+                                             for m in ("ssim", "removed", "target", "kept")))
 
 
 if __name__ == "__main__":
