@@ -97,7 +97,17 @@ def _concept_scorer(name: str | None) -> str | None:
 def cmd_edit(args: argparse.Namespace) -> int:
     from ..errors import UserError
     from ..scorers import scorer_names
-    from .edit import METHODS, check_from_step, check_method, edit, evaluate, read_pairs, save_edits, table
+    from .edit import (
+        METHODS,
+        check_from_step,
+        check_method,
+        edit,
+        evaluate,
+        make_scorer,
+        read_pairs,
+        save_edits,
+        table,
+    )
 
     # Everything a user can get wrong fails here, before weights load or anything is written.
     if args.pairs and (args.prompt or args.to):
@@ -122,6 +132,7 @@ def cmd_edit(args: argparse.Namespace) -> int:
     check_from_step(args.from_step, steps)
     for m in methods:
         check_method(model, m, args.guidance)
+    main, keeper = make_scorer(model, scorer), make_scorer(model, args.keep)  # e.g. OCR missing: fail now
     if {"localized", "random-sites"} & set(methods):
         from .targets import resolve_sites
 
@@ -131,7 +142,7 @@ def cmd_edit(args: argparse.Namespace) -> int:
                  method=m, negative=args.negative, draws=args.draws, steps=args.steps, guidance=args.guidance,
                  progress=not args.quiet)
             for p, q in pairs for m in methods]
-    report = evaluate(model, runs, scorer=scorer, keep=args.keep, toxicity=args.toxicity)
+    report = evaluate(model, runs, scorer=main, keep=keeper, toxicity=args.toxicity)
     out = Path(args.out)
     files = save_edits(out, model, runs, report, {"pairs": [list(p) for p in pairs], "methods": methods})
     print(table(report["summary"]))
@@ -157,7 +168,7 @@ def add_commands(sub: Any) -> None:
     p.add_argument("--method", action="append", metavar="M[,M...]",
                    help="localized (default), all-sites, random-sites, negative-prompt or sld; several (comma "
                    "list or repeated) make one table")
-    p.add_argument("--negative", help="negative-prompt method: the negative prompt (default: P's words not in Q)")
+    p.add_argument("--negative", help="negative-prompt and sld methods: the concept to steer away from (default: P's words not in Q)")
     p.add_argument("--draws", type=_positive("--draws"), default=3,
                    help="random-sites method: how many random sets (default: 3)")
     p.add_argument("--scorer", help="scores the removed (P's words not in Q) and target (Q's words not in P) "

@@ -277,9 +277,10 @@ def kept_similarity(model: Any, a: Any, b: Any) -> float:
     return metrics.spectrogram_ssim(a, b) if model.modality == "audio" else metrics.ssim(a, b)
 
 
-def _scorer(model: Any, name: str | None) -> Any:
-    if name is None:
-        return None
+def make_scorer(model: Any, name: Any) -> Any:
+    """The scorer ``name`` (or a scorer object, as is) checked for ``model``'s outputs; None for None."""
+    if name is None or not isinstance(name, str):
+        return name
     from ..scorers import get_scorer
 
     scorer = get_scorer(name)
@@ -294,17 +295,18 @@ def _toxicity(model: Any, wanted: bool | None, scorer_name: str | None, notes: l
     if wanted is False or (wanted is None and scorer_name != "ocr") or model.modality != "image":
         return None
     try:
-        return _scorer(model, "toxicity")
+        return make_scorer(model, "toxicity")
     except UserError as e:
         notes.append(f"toxicity skipped: {e}")
         return None
 
 
-def evaluate(model: Any, runs: Sequence[EditRun], *, scorer: str | None = None, keep: str | None = None,
+def evaluate(model: Any, runs: Sequence[EditRun], *, scorer: Any = None, keep: Any = None,
              toxicity: bool | None = None) -> dict[str, Any]:
     """Score edit runs: ``{"records": [...], "summary": {method: {metric: mean}}, "notes": [...]}``.
 
-    Per pair, seed and method (random-sites: mean over draws): ``ssim`` (edited vs original), and with
+    ``scorer`` / ``keep`` are scorer names or objects. Per pair, seed and method (random-sites: mean
+    over draws): ``ssim`` (edited vs original), and with
     a ``scorer``: ``removed`` (its score for P's words not in Q on the edited output; lower is better),
     ``target`` (for Q's words not in P; higher is better), each also on the original
     (``removed_original``, ``target_original``). A reference scorer compares with the original's and
@@ -316,8 +318,8 @@ def evaluate(model: Any, runs: Sequence[EditRun], *, scorer: str | None = None, 
     >>> evaluate(model, [run], scorer="colour", keep="shape")["summary"]["localized"]["target"]
     """
     notes: list[str] = []
-    main, keeper = _scorer(model, scorer), _scorer(model, keep)
-    tox = _toxicity(model, toxicity, scorer, notes)
+    main, keeper = make_scorer(model, scorer), make_scorer(model, keep)
+    tox = _toxicity(model, toxicity, getattr(main, "name", None), notes)
     if keeper is not None and not getattr(keeper, "known", None):
         raise UserError(f"--keep needs a scorer with a known vocabulary (e.g. shape, pitch); {keep} has none")
     records = []
@@ -351,7 +353,7 @@ def evaluate(model: Any, runs: Sequence[EditRun], *, scorer: str | None = None, 
     if keeper is not None and not any("kept" in r for r in records):
         notes.append(f"--keep {keep}: no word shared by P and Q is in its vocabulary; nothing kept was scored")
     return {"records": records, "summary": summarize(records), "notes": list(dict.fromkeys(notes)),
-            "scorer": scorer, "keep": keep}
+            "scorer": getattr(main, "name", None), "keep": getattr(keeper, "name", None)}
 
 
 def _mean(values: Any) -> float:
