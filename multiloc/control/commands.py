@@ -127,6 +127,12 @@ def cmd_edit(args: argparse.Namespace) -> int:
             raise UserError(f"unknown scorer {name!r}; known: {', '.join(scorer_names())}")
     if args.steps is not None and args.from_step is not None:
         check_from_step(args.from_step, args.steps)
+    if args.sites is None and {"localized", "random-sites"} & set(methods):
+        from .. import registry
+        from .targets import scan_first
+
+        if args.model in registry.model_names() and not registry.model_spec(args.model).get("localized"):
+            raise scan_first(args.model)  # before the weights load
     model = load_model(args)
     steps = args.steps or model.settings["steps"]
     check_from_step(args.from_step, steps)
