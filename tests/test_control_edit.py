@@ -6,10 +6,12 @@ import json
 
 import numpy as np
 import pytest
+import torch
 
 import multiloc
 from multiloc.cli import main
 from multiloc.control.edit import draw_sites, edit, evaluate, parse_pairs, removed_words
+from multiloc.hooks import guide_prediction
 from multiloc.interventions import Patch, StepWindow
 from multiloc.metrics import spectrogram_ssim
 
@@ -21,7 +23,8 @@ def shapes() -> multiloc.Model:
     return multiloc.load("toy-shapes")
 
 
-@pytest.mark.parametrize("name", ["tiny-sd", "tiny-sd3", "tiny-pixart", "tiny-stable-audio"])
+@pytest.mark.parametrize("name", ["tiny-sd", "tiny-sdxl", "tiny-if", "tiny-sd3", "tiny-flux", "tiny-pixart",
+                                  "tiny-sana", "tiny-audioldm2", "tiny-stable-audio", "tiny-ace-step"])
 def test_edit_is_the_hand_built_patch_plan(name, one_thread):
     model = multiloc.load(name)
     run = edit(model, "a red cube", "a blue cube", sites="1,2", from_step=1, seeds=[0], steps=3)
@@ -37,6 +40,16 @@ def test_from_step_window(shapes, one_thread):
     run = edit(shapes, P, Q, concept="toy-colour", from_step=steps, seeds=[0])
     assert run.from_step == steps and np.array_equal(run.edited[0][0], run.original[0])  # nothing edited
     assert edit(shapes, P, Q, concept="toy-colour", seeds=[0]).from_step == round(steps * 4 / 50)
+    # K = 3: the edited row's prediction is the original's, bit for bit, before step 3, and not from then on
+    same: dict[int, bool] = {}
+
+    def watch(pred, step):
+        same[step] = same.get(step, True) and bool(torch.equal(pred[:, 1], pred[:, 2]))
+        return pred
+
+    with guide_prediction(shapes.denoiser, 3, {}, watch):
+        edit(shapes, P, Q, concept="toy-colour", from_step=3, seeds=[0])
+    assert [same[i] for i in range(steps)] == [True] * 3 + [False] * (steps - 3)
     for k in (-1, steps + 1):
         with pytest.raises(multiloc.UserError, match="outside"):
             edit(shapes, P, Q, concept="toy-colour", from_step=k)
@@ -85,7 +98,6 @@ def test_negative_prompt_mapping(tiny_sd, one_thread):
 
 def test_sld_port_equals_diffusers_safe_pipeline(tiny_sd, one_thread):
     """Known answer: the SLD port gives StableDiffusionPipelineSafe's image (same weights, seed, settings)."""
-    import torch
     from diffusers import StableDiffusionPipelineSafe
 
     run = edit(tiny_sd, "a red cube", "a blue cube", seeds=[0], method="sld", from_step=1, steps=4)
