@@ -320,6 +320,8 @@ def evaluate(model: Any, runs: Sequence[EditRun], *, scorer: Any = None, keep: A
     notes: list[str] = []
     main, keeper = make_scorer(model, scorer), make_scorer(model, keep)
     tox = _toxicity(model, toxicity, getattr(main, "name", None), notes)
+    if main is None:
+        notes.append("no scorer (--scorer, or a --concept that has one): only SSIM with the original is reported")
     if keeper is not None and not getattr(keeper, "known", None):
         raise UserError(f"--keep needs a scorer with a known vocabulary (e.g. shape, pitch); {keep} has none")
     records = []
