@@ -4,6 +4,7 @@ site tables as :mod:`multiloc.localize`.
 - ``targets.py``: which sites (a spec, a scan's result, or the model's published sites)
 - ``weights.py``: weight files (only the changed tensors + metadata), applied reversibly
 - ``edit.py``: one-pass output edits (only the chosen sites read the edited prompt), baselines, evaluation
+- ``sld.py``: Safe Latent Diffusion guidance for every CFG family (the ``sld`` baseline of ``edit``)
 - ``generate.py``: plain generation with modifiers (weight files; LoRA and steering slot in)
 - ``commands.py``: the CLI commands
 

@@ -53,55 +53,12 @@ from ..media import save_output
 from ..results import _clean, write_atomic
 from ..sites import Site
 from .generate import slug
+from .sld import SafeGuidance
 from .targets import resolve_sites
 
 METHODS = ("localized", "all-sites", "random-sites", "negative-prompt", "sld")
 # The paper's start step: SDXL edits from step 4 of 50 (SD3 / IF: 2 of their schedules).
 PAPER_FROM_STEP = (4, 50)
-
-
-@dataclass(frozen=True)
-class SafeGuidance:
-    """Safe Latent Diffusion guidance (Schramowski et al., CVPR 2023), ported from diffusers'
-    ``StableDiffusionPipelineSafe`` (SD 1.x only there) to every family with classifier-free guidance.
-
-    The safety concept is an extra in-batch row that predicts on the guided row's latent
-    (:func:`multiloc.hooks.guide_prediction`); the guided row's conditional prediction then becomes
-    ``text - safety_term`` (Equations 3-8 of the paper, the diffusers defaults: guidance scale 1000,
-    threshold 0.01, momentum 0.3, beta 0.4), so the pipeline's own CFG step computes
-    ``uncond + g * (text - uncond - safety_term)`` exactly as the safe pipeline does. The term applies
-    from ``warmup`` on (the edit's start step); the momentum accumulates from step 0, as there.
-    The defaults were tuned on SD 1.x's noise predictions; other parametrizations (v, flow) may need others.
-
-    >>> SafeGuidance().term(row=1, safety=2)   # fn(pred, step) for guide_prediction
-    """
-
-    scale: float = 1000.0
-    threshold: float = 0.01
-    momentum_scale: float = 0.3
-    mom_beta: float = 0.4
-    warmup: int = 10
-
-    def term(self, row: int, safety: int) -> Any:
-        momentum: list[Any] = [None]
-
-        def fn(pred: Any, step: int) -> Any:
-            import torch
-
-            uncond, text, concept = pred[0, row], pred[-1, row], pred[-1, safety]
-            scale = torch.clamp((text - concept).abs() * self.scale, max=1.0)
-            scale = torch.where(text - concept >= self.threshold, torch.zeros_like(scale), scale)
-            term = (concept - uncond) * scale
-            if momentum[0] is None:
-                momentum[0] = torch.zeros_like(term)
-            term = term + self.momentum_scale * momentum[0]
-            momentum[0] = self.mom_beta * momentum[0] + (1 - self.mom_beta) * term
-            if step >= self.warmup:
-                pred = pred.clone()
-                pred[-1, row] = text - term
-            return pred
-
-        return fn
 
 
 @dataclass
