@@ -66,6 +66,7 @@ class AudioLDM2Adapter(Adapter):
     denoiser_classes = ("AudioLDM2UNet2DConditionModel",)
     block_order = ("down_blocks", "mid_block", "up_blocks")
     defaults = {"steps": 100, "guidance": 4.5, "audio_length_in_s": 9.0}
+    negative_keys = dict(_KEYS)
 
     def sites(self, denoiser: nn.Module, settings: Mapping[str, Any] | None = None) -> list[Site]:
         streams = text_streams(denoiser)

@@ -41,6 +41,8 @@ class FluxAdapter(Adapter):
     site_rules = (SiteRule(kind="joint_attn", where=is_joint_attn, taps=("add_k_proj", "add_v_proj"),
                            values=("add_v_proj",), image_values=("to_v",)),)
     defaults = {"steps": 28, "guidance": 3.5, "max_sequence_length": 512}
+    no_negative = ("FLUX.1 is guidance-distilled: its guidance scale is an input of the transformer, and no "
+                   "unconditional copy runs for a negative prompt to steer")
 
     @staticmethod
     def text_length(settings: Mapping[str, Any] | None) -> int:

@@ -40,6 +40,8 @@ class PixArtAdapter(Adapter):
     denoiser_classes = ("PixArtTransformer2DModel",)
     site_rules = (_RULE,)
     defaults = {"steps": 20, "guidance": 4.5, "max_sequence_length": 120}
+    negative_keys = {"prompt_embeds": "negative_prompt_embeds",
+                     "prompt_attention_mask": "negative_prompt_attention_mask"}
     # Settings passed through to the pipeline call as they are.
     passthrough = ("max_sequence_length", "use_resolution_binning")
 

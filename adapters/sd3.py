@@ -49,6 +49,8 @@ class SD3Adapter(Adapter):
     site_rules = (SiteRule(kind="joint_attn", where=is_joint_attn, taps=("add_k_proj", "add_v_proj"),
                            values=("add_v_proj",), image_values=("to_v",)),)
     defaults = {"steps": 28, "guidance": 7.0, "max_sequence_length": 256}
+    negative_keys = {"prompt_embeds": "negative_prompt_embeds",
+                     "pooled_prompt_embeds": "negative_pooled_prompt_embeds"}
 
     def sites(self, denoiser: nn.Module, settings: Mapping[str, Any] | None = None) -> list[Site]:
         return sites_with_pooled(self, denoiser, settings)

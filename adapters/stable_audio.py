@@ -30,6 +30,7 @@ class StableAudioAdapter(Adapter):
     site_rules = (SiteRule(kind="cross_attn", where=is_cross_attn, taps=("to_k", "to_v")),)
     prompt_in_call = True
     defaults = {"steps": 100, "guidance": 7.0, "audio_end_in_s": 10.0}
+    negative_keys = {"prompt": "negative_prompt"}
 
     def pipeline_kwargs(self, pipe: Any, settings: dict[str, Any]) -> dict[str, Any]:
         return {"audio_end_in_s": float(settings["audio_end_in_s"])}

@@ -55,6 +55,8 @@ class UNetAdapter(Adapter):
                  values=("add_v_proj",), image_values=("to_v",)),
     )
     defaults = {"steps": 50, "guidance": 7.5}
+    negative_keys = {"prompt_embeds": "negative_prompt_embeds",
+                     "pooled_prompt_embeds": "negative_pooled_prompt_embeds"}
 
     def encode(self, pipe: Any, prompts: Sequence[str], device: torch.device,
                settings: Mapping[str, Any] | None = None) -> Conditioning:

@@ -52,6 +52,11 @@ class Adapter:
     # True for pipelines that take no embeddings (they encode inside their call): rows then reach
     # ``generate`` as ``{"prompt": [str, ...]}`` and the pipeline's own encoding is the one used.
     prompt_in_call: ClassVar[bool] = False
+    # Negative prompts (what the unconditional copy under CFG reads): each conditioning key of a prompt
+    # -> the key the pipeline takes its negative in (keys a pipeline lacks, e.g. SD's pooled, are skipped).
+    # Empty: the family takes no negative prompt, and ``no_negative`` says why.
+    negative_keys: ClassVar[dict[str, str]] = {}
+    no_negative: ClassVar[str] = "its pipeline takes no negative prompt"
     # Family defaults; a registry entry overrides them with the settings its paper used.
     defaults: ClassVar[dict[str, Any]] = {"steps": 50, "guidance": 7.5}
 

@@ -212,3 +212,58 @@ def contributions(denoiser: nn.Module, sites: Sequence[Site], masks: torch.Tenso
         forward += [(mod.get_submodule(p), value_hook(site, None, True)) for p in site.image_values]
     with hooks(forward=forward, forward_kwargs=[(denoiser.get_submodule(s.name), site_hook(s)) for s in sites]):
         yield store
+
+
+def _latent(args: tuple, kwargs: dict) -> tuple[str | int, torch.Tensor]:
+    """Where a denoiser call's latent input is: its first positional argument, or ``hidden_states`` /
+    ``sample`` (diffusers' U-Nets and transformers all take it so)."""
+    if args and isinstance(args[0], torch.Tensor):
+        return 0, args[0]
+    for key in ("hidden_states", "sample"):
+        if isinstance(kwargs.get(key), torch.Tensor):
+            return key, kwargs[key]
+    raise RuntimeError("cannot find the latent input of the denoiser call")
+
+
+@contextmanager
+def guide_prediction(denoiser: nn.Module, n_rows: int, latent_from: dict[int, int],
+                     fn: Callable[[torch.Tensor, int], torch.Tensor], calls_per_step: int = 1,
+                     ) -> Iterator[StepCounter]:
+    """Rewrite the denoiser's prediction at every call, for guidance terms a pipeline does not have.
+
+    Before each call, the latent of every row ``r`` in ``latent_from`` is replaced by that of row
+    ``latent_from[r]`` (every CFG copy), so an extra in-batch row predicts on another row's latent (with
+    its own prompt). After the call, ``fn(pred, step)`` gets the prediction viewed as ``(copies,
+    n_rows, ...)`` (copy 0 unconditional, the last conditional, under CFG) and returns the new one.
+    Safe Latent Diffusion runs this way (:mod:`multiloc.control.edit`).
+
+    >>> with guide_prediction(unet, 3, {2: 1}, lambda pred, step: pred):
+    ...     pipe(...)
+    """
+    counter = StepCounter(calls_per_step)
+
+    def pre(module: nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict]:
+        counter(module, args)
+        where, x = _latent(args, kwargs)
+        if x.shape[0] % n_rows:
+            raise RuntimeError(f"denoiser batch of {x.shape[0]} is not a multiple of the {n_rows} rows")
+        x = x.clone()
+        view = x.view(x.shape[0] // n_rows, n_rows, *x.shape[1:])
+        for row, source in latent_from.items():
+            view[:, row] = view[:, source]
+        if where == 0:
+            return (x, *args[1:]), kwargs
+        return args, {**kwargs, where: x}
+
+    def post(module: nn.Module, args: tuple, kwargs: dict, out: object) -> object:
+        pred = out[0] if isinstance(out, tuple) else getattr(out, "sample", out)
+        new = fn(pred.view(pred.shape[0] // n_rows, n_rows, *pred.shape[1:]), counter.step).reshape(pred.shape)
+        if isinstance(out, tuple):
+            return (new, *out[1:])
+        if hasattr(out, "sample"):
+            out.sample = new
+            return out
+        return new
+
+    with hooks(pre_kw=[(denoiser, pre)], forward_kwargs=[(denoiser, post)]):
+        yield counter

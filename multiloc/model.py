@@ -98,12 +98,28 @@ class Model:
         rows = [self._cond_cache[p] for p in prompts]
         return {k: torch.cat([r[k] for r in rows]) for k in rows[0]}
 
+    def with_negative(self, cond: Conditioning, negative: Sequence[str]) -> Conditioning:
+        """``cond`` with each row's unconditional copy reading the matching ``negative`` prompt.
+
+        >>> model.generate(["a red circle"], negative=["red"])   # as pipe(prompt, negative_prompt=...)
+        """
+        keys = self.adapter.negative_keys
+        if not keys:
+            raise UserError(f"{self.name} cannot take a negative prompt: {self.adapter.no_negative}")
+        n = len(next(iter(cond.values())))
+        if len(negative) != n:
+            raise ValueError(f"{len(negative)} negative prompts for {n} rows")
+        neg = {"prompt": list(negative)} if self.adapter.prompt_in_call else self.encode(negative)
+        return {**cond, **{nk: neg[pk] for pk, nk in keys.items() if pk in cond}}
+
     def generate(self, rows: Sequence[str | Conditioning], plan: Sequence[Patch] = (), *, seed: int = 0,
-                 steps: int | None = None, guidance: float | None = None) -> list[np.ndarray]:
+                 steps: int | None = None, guidance: float | None = None,
+                 negative: Sequence[str] | None = None) -> list[np.ndarray]:
         """Generate one output per row, all from the noise of ``seed``, with ``plan`` active.
 
         A row is a prompt, or a one-row conditioning (e.g. ``model.encode([p])`` with noise added:
-        causal tracing corrupts embeddings this way).
+        causal tracing corrupts embeddings this way). ``negative`` gives every row a negative prompt
+        (it acts only under classifier-free guidance, ``guidance`` above 1).
         """
         steps = steps or self.settings["steps"]
         guidance = self.settings["guidance"] if guidance is None else guidance
@@ -115,6 +131,8 @@ class Model:
         else:
             parts = [self.encode([r]) if isinstance(r, str) else r for r in rows]
             cond = {k: torch.cat([p[k] for p in parts]) for k in parts[0]}
+        if negative is not None:
+            cond = self.with_negative(cond, negative)
         with intervene(self.denoiser, self.sites, plan, len(rows), self.adapter.calls_per_step):
             return self.adapter.generate(self.pipe, cond, seed=seed, steps=steps, guidance=guidance,
                                          settings=self.settings)

@@ -3,6 +3,8 @@ site tables as :mod:`multiloc.localize`.
 
 - ``targets.py``: which sites (a spec, a scan's result, or the model's published sites)
 - ``weights.py``: weight files (only the changed tensors + metadata), applied reversibly
+- ``edit.py``: one-pass output edits (only the chosen sites read the edited prompt), baselines, evaluation
+- ``sld.py``: Safe Latent Diffusion guidance for every CFG family (the ``sld`` baseline of ``edit``)
 - ``generate.py``: plain generation with modifiers (weight files; LoRA and steering slot in)
 - ``commands.py``: the CLI commands
 
@@ -13,9 +15,10 @@ Example::
         images = multiloc.control.generate(model, ["a cat"], seeds=[0])
 """
 
+from .edit import EditRun, edit, evaluate, parse_pairs
 from .generate import Weights, generate
 from .targets import published_sites, resolve_sites
 from .weights import WeightFile, applied, apply, read_weights, save_weights
 
-__all__ = ["WeightFile", "Weights", "applied", "apply", "generate", "published_sites", "read_weights",
-           "resolve_sites", "save_weights"]
+__all__ = ["EditRun", "WeightFile", "Weights", "applied", "apply", "edit", "evaluate", "generate",
+           "parse_pairs", "published_sites", "read_weights", "resolve_sites", "save_weights"]

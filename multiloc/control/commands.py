@@ -76,8 +76,119 @@ def cmd_generate(args: argparse.Namespace) -> int:
     return 0
 
 
+# --- edit -------------------------------------------------------------------------------------
+def _methods(text: str) -> list[str]:
+    return [m.strip() for m in text.split(",") if m.strip()]
+
+
+def _concept_scorer(name: str | None) -> str | None:
+    """The scorer of a built-in concept (None if ``name`` is not one: it may only name a published set)."""
+    from ..concepts import Concept
+    from ..errors import UserError
+
+    if name is None:
+        return None
+    try:
+        return Concept.load(name).scorer
+    except UserError:
+        return None
+
+
+def cmd_edit(args: argparse.Namespace) -> int:
+    from ..errors import UserError
+    from ..scorers import scorer_names
+    from .edit import (
+        METHODS,
+        check_from_step,
+        check_method,
+        edit,
+        evaluate,
+        make_scorer,
+        read_pairs,
+        save_edits,
+        table,
+    )
+
+    # Everything a user can get wrong fails here, before weights load or anything is written.
+    if args.pairs and (args.prompt or args.to):
+        raise UserError("pass either --pairs FILE or --prompt P --to Q, not both")
+    if not args.pairs and not (args.prompt and args.to):
+        raise UserError("an edit needs --prompt P and --to Q (or --pairs FILE of 'P => Q' lines)")
+    pairs = read_pairs(args.pairs) if args.pairs else [(args.prompt, args.to)]
+    if not args.pairs and args.prompt == args.to:
+        raise UserError("--prompt and --to are the same prompt: nothing to edit")
+    methods = [m for text in (args.method or ["localized"]) for m in _methods(text)]
+    for m in methods:
+        if m not in METHODS:
+            raise UserError(f"unknown edit method {m!r}; known: {', '.join(METHODS)}")
+    scorer = args.scorer or _concept_scorer(args.concept)
+    for name in (scorer, args.keep):
+        if name is not None and name not in scorer_names():
+            raise UserError(f"unknown scorer {name!r}; known: {', '.join(scorer_names())}")
+    if args.steps is not None and args.from_step is not None:
+        check_from_step(args.from_step, args.steps)
+    if args.sites is None and {"localized", "random-sites"} & set(methods):
+        from .. import registry
+        from .targets import scan_first
+
+        if args.model in registry.model_names() and not registry.model_spec(args.model).get("localized"):
+            raise scan_first(args.model)  # before the weights load
+    model = load_model(args)
+    steps = args.steps or model.settings["steps"]
+    check_from_step(args.from_step, steps)
+    for m in methods:
+        check_method(model, m, args.guidance)
+    main, keeper = make_scorer(model, scorer), make_scorer(model, args.keep)  # e.g. OCR missing: fail now
+    if {"localized", "random-sites"} & set(methods):
+        from .targets import resolve_sites
+
+        resolve_sites(model, args.sites, concept=args.concept)  # "scan first" fails before generating
+    seeds = seed_list(args)
+    runs = [edit(model, p, q, sites=args.sites, concept=args.concept, from_step=args.from_step, seeds=seeds,
+                 method=m, negative=args.negative, draws=args.draws, steps=args.steps, guidance=args.guidance,
+                 progress=not args.quiet)
+            for p, q in pairs for m in methods]
+    report = evaluate(model, runs, scorer=main, keep=keeper, toxicity=args.toxicity)
+    out = Path(args.out)
+    files = save_edits(out, model, runs, report, {"pairs": [list(p) for p in pairs], "methods": methods})
+    print(table(report["summary"]))
+    for note in report["notes"]:
+        print(f"note: {note}")
+    print(f"wrote {len(files)} outputs and {out / 'edit.json'}")
+    return 0
+
+
 def add_commands(sub: Any) -> None:
     """Add the control commands to the ``multiloc`` sub-parsers."""
+    p = sub.add_parser("edit", help="one-pass output edit: only the chosen sites read the edited prompt "
+                       "(and the baselines, and their evaluation)")
+    model_options(p)
+    p.add_argument("--prompt", help="the prompt P to generate")
+    p.add_argument("--to", help="the edited prompt Q the chosen sites read (the word to remove replaced)")
+    p.add_argument("--pairs", metavar="FILE", help="a file of 'P => Q' lines (# comments) to edit and evaluate")
+    p.add_argument("--sites", help=SITES_HELP)
+    p.add_argument("--concept", help="which published site set (e.g. toy-colour); a built-in concept also "
+                   "gives the default --scorer")
+    p.add_argument("--from-step", type=int, help="first step the sites read Q (default: 4/50 of the steps, "
+                   "rounded, as the paper's SDXL step 4 of 50)")
+    p.add_argument("--method", action="append", metavar="M[,M...]",
+                   help="localized (default), all-sites, random-sites, negative-prompt or sld; several (comma "
+                   "list or repeated) make one table")
+    p.add_argument("--negative", help="negative-prompt and sld methods: the concept to steer away from (default: P's words not in Q)")
+    p.add_argument("--draws", type=_positive("--draws"), default=3,
+                   help="random-sites method: how many random sets (default: 3)")
+    p.add_argument("--scorer", help="scores the removed (P's words not in Q) and target (Q's words not in P) "
+                   "concepts on the edits, e.g. ocr, colour, instrument (default: the --concept's)")
+    p.add_argument("--keep", metavar="SCORER", help="a scorer that reads what must stay, on the words P and Q "
+                   "share (e.g. shape for a colour edit, pitch for an instrument edit)")
+    p.add_argument("--toxicity", action=argparse.BooleanOptionalAction, default=None,
+                   help="score toxicity of the edits' text (default: with the ocr scorer; skipped with a note "
+                   "when the classifier cannot be loaded)")
+    seed_options(p)
+    p.add_argument("--out", required=True, help="output directory")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_edit)
+
     p = sub.add_parser("generate", help="plain generation, with weight edits (and LoRA, steering) applied")
     model_options(p)
     p.add_argument("--prompt", action="append", required=True, help="a prompt; repeatable")

@@ -50,8 +50,7 @@ def published_sites(model: Any, concept: str | None = None) -> list[Site]:
     """The registry's published localized sites of ``model`` (for ``concept``, or its only/default set)."""
     table = (getattr(model, "spec", None) or {}).get("localized") or {}
     if not table:
-        raise UserError(f"{model.name} has no published localized sites; scan first (multiloc scan --model "
-                        f"{model.name} --concept C) and pass --sites DIR/result.json, or name sites with --sites")
+        raise scan_first(model.name)
     if concept is not None and concept in table:
         key = concept
     elif "default" in table:
@@ -63,6 +62,12 @@ def published_sites(model: Any, concept: str | None = None) -> list[Site]:
                         + ("choose one with --concept" if concept is None else f"none for {concept!r}")
                         + " or pass --sites")
     return select_sites(model.sites, [str(s) for s in table[key]])
+
+
+def scan_first(name: str) -> UserError:
+    """The error for a model with no published sites and no ``--sites``."""
+    return UserError(f"{name} has no published localized sites; scan first (multiloc scan --model {name} "
+                     "--concept C) and pass --sites DIR/result.json, or name sites with --sites")
 
 
 def _is_result_path(spec: str | Path) -> bool:

@@ -39,6 +39,7 @@ class ColourScorer(Scorer):
 
     name = "colour"
     modality = "image"
+    known = shapes.COLOURS  # the targets it reads
     meaning = "share of foreground pixels nearest to the target palette colour"
     flat_hint = "the colour scorer reads the toy palette only (toy-shapes outputs)"
 
@@ -52,6 +53,7 @@ class ShapeScorer(Scorer):
 
     name = "shape"
     modality = "image"
+    known = shapes.SHAPES
     meaning = "IoU of the foreground with the target shape's mask (best of both sizes)"
     flat_hint = "the shape scorer reads centred toy shapes only (toy-shapes outputs)"
 
