@@ -4,6 +4,7 @@ site tables as :mod:`multiloc.localize`.
 - ``targets.py``: which sites (a spec, a scan's result, or the model's published sites)
 - ``weights.py``: weight files (only the changed tensors + metadata), applied reversibly
 - ``generate.py``: plain generation with modifiers (weight files; LoRA and steering slot in)
+- ``rewrite.py``: closed-form key/value edits of the sites (``multiloc rewrite``), saved as weight files
 - ``commands.py``: the CLI commands
 
 Example::
@@ -14,8 +15,9 @@ Example::
 """
 
 from .generate import Weights, generate
+from .rewrite import rewrite
 from .targets import published_sites, resolve_sites
 from .weights import WeightFile, applied, apply, read_weights, save_weights
 
 __all__ = ["WeightFile", "Weights", "applied", "apply", "generate", "published_sites", "read_weights",
-           "resolve_sites", "save_weights"]
+           "resolve_sites", "rewrite", "save_weights"]
