@@ -6,8 +6,8 @@ Every chosen site reads the conditioning through linear projections (its taps: `
     W' = argmin  Σ_edits ‖W' c_src − W c_tgt‖² + Σ_preserve ‖W' c_p − W c_p‖² + λ' ‖W' − W‖²
        = (Σ W c_tgt c_srcᵀ + Σ W c_p c_pᵀ + λ' W)(Σ c_src c_srcᵀ + Σ c_p c_pᵀ + λ' I)⁻¹
 
-so the source's inputs produce the target's keys/values and the preservation prompts keep theirs (a
-bias, where there is one, is left alone). It is computed as W' = W + Δ with Δ from the SVD of the
+so the source's inputs produce the target's keys/values and the preservation prompts (by default also
+the targets themselves) keep theirs (a bias, where there is one, is left alone). It is computed as W' = W + Δ with Δ from the SVD of the
 stacked inputs (the same solution, stable as λ → 0). ``lam`` is relative: λ' = lam · tr(Σ c cᵀ) / d,
 a fraction of the inputs' mean energy per input dimension, so one value means the same for models
 whose embeddings differ in scale. λ → 0: the inputs are matched exactly where they can be (the
@@ -241,14 +241,15 @@ def rewrite(model: Any, edits: Sequence[tuple[str, str] | str], *, preserve: Seq
             sites: Any = None, concept: str | None = None, lam: float = 0.1,
             templates: Sequence[str] | None = None, tokens: str | Sequence[int] = "all",
             seeds: Sequence[int] = (0,), steps: int | None = None, guidance: float | None = None,
-            progress: bool = True) -> WeightFile:
+            keep_targets: bool = True, progress: bool = True) -> WeightFile:
     """The closed-form edit of the chosen sites' key/value projections, as a weight file in memory
     (save it with :func:`~multiloc.control.weights.save_weights`; apply it with ``model.applied``).
     ``model`` itself is left as it was.
 
     ``edits``: ``(SRC, TGT)`` pairs or ``"SRC => TGT"`` strings; a one-word side is placed into each of
     ``templates`` (default: the modality's built-in set, :data:`TEMPLATES`), a longer side is a prompt.
-    ``preserve``: words or prompts whose keys/values must stay. ``sites``: a spec, a scan's result, or
+    ``preserve``: words or prompts whose keys/values must stay; with ``keep_targets`` the edits' target
+    prompts are kept too (their keys/values are what the sources must produce). ``sites``: a spec, a scan's result, or
     None for the published sites (``concept`` picks the set). ``lam``: the relative ridge (see the
     module docstring). ``tokens``: ``"all"`` or a list of positions to use. The inputs come from
     generations with ``seeds`` and ``steps``.
@@ -265,6 +266,8 @@ def rewrite(model: Any, edits: Sequence[tuple[str, str] | str], *, preserve: Seq
     templates = check_templates(templates if templates is not None else TEMPLATES[model.modality])
     pairs = edit_pairs(edits, templates)
     kept = [p for item in preserve for p in expand(item, templates)]
+    if keep_targets:  # an edit to "blue" must not change "blue" itself
+        kept += [t for _, t in pairs if t not in kept]
     chosen = editable(model, resolve_sites(model, sites, concept=concept))
     if not isinstance(tokens, str):
         tokens = [int(t) for t in tokens]
