@@ -13,7 +13,7 @@ for the localized set (the registry's published sites) vs all sites vs random se
 sites of the same size (mean over draws). Prints one table per model.
 
     .venv/bin/python benchmarks/control_rewrite.py                     # all three toys (~2 min, 1 core)
-    .venv/bin/python benchmarks/control_rewrite.py --models toy-shapes --lam 0.01
+    .venv/bin/python benchmarks/control_rewrite.py --models toy-shapes --lam 0.1 --draws 5
 """
 
 from __future__ import annotations
@@ -100,7 +100,7 @@ def judge(model: multiloc.Model, world: World, seeds: list[int], weights=None) -
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--models", nargs="+", default=["toy-shapes", "toy-shapes-dit", "toy-tones"])
-    ap.add_argument("--lam", type=float, default=0.1)
+    ap.add_argument("--lam", type=float, default=0.01)
     ap.add_argument("--seeds", type=int, default=2)
     ap.add_argument("--draws", type=int, default=3, help="random non-localized sets per model")
     args = ap.parse_args()

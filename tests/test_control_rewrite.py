@@ -155,3 +155,28 @@ def test_cli_rewrite_then_generate_and_foreign_files(tmp_path, capsys, one_threa
         err = capsys.readouterr().err.strip()
         assert len(err.splitlines()) == 1 and ("made for" in err or "not a safetensors" in err)
         assert not bad.exists()
+
+
+def test_toy_shapes_localized_edit_generalises_and_keeps_other_colours(one_thread):
+    """The headline: red => blue learnt on three prompts at the published colour site turns unseen red
+    prompts blue and leaves the other colours (and every shape) alone; a non-localized site does nothing."""
+    from multiloc.control import generate, resolve_sites
+    from multiloc.toy import shapes
+
+    model = multiloc.load("toy-shapes")
+    templates = ("a small {} circle", "a large {} square", "a large {} triangle")
+    unseen = ["a small red triangle", "a small red square"]  # the first is held out of the toy's training too
+    others = ["a small green triangle", "a large yellow circle", "a small magenta square", "a small cyan circle"]
+    colour, shape = multiloc.get_scorer("colour"), multiloc.get_scorer("shape")
+    local = resolve_sites(model, concept="toy-colour")
+    elsewhere = next(s for s in model.sites if s not in local)
+    for sites, flips in ((local, True), ([elsewhere], False)):
+        wf = multiloc.rewrite(model, ["red => blue"], preserve=["green", "yellow", "magenta", "cyan"],
+                              sites=[s.name for s in sites], lam=0.1, templates=templates, progress=False)
+        with model.applied(wf):
+            outs = generate(model, unseen + others, seeds=[0], batch_size=8)[0]
+        blue = colour.score(outs[:2], ["blue"] * 2)
+        assert all(b > 0.5 for b in blue) if flips else all(b < 0.2 for b in blue)  # measured: 0.57, 1.0
+        assert min(colour.score(outs[2:], [p.split()[2] for p in others])) > 0.9
+        assert min(shape.score(outs, [p.split()[3] for p in unseen + others])) > 0.8
+        assert shapes.best_colour(outs[0]) == ("blue" if flips else "red")

@@ -132,9 +132,9 @@ def add_commands(sub: Any) -> None:
                    help="a word or prompt whose keys/values must stay; repeatable")
     p.add_argument("--sites", help=SITES_HELP)
     p.add_argument("--concept", help="which of the model's published site sets to edit (e.g. toy-colour)")
-    p.add_argument("--lam", type=float, default=0.1,
+    p.add_argument("--lam", type=float, default=0.01,
                    help="pull towards the old weights, relative to the inputs' mean energy per dimension; "
-                   "near 0: match the edits exactly (default: 0.1)")
+                   "near 0: match the edits exactly (default: 0.01)")
     p.add_argument("--templates", nargs="+", metavar="T",
                    help="templates holding a word's place as {} (default: the modality's built-in set, "
                    "e.g. '{}' 'a photo of {}' 'a painting of {}' 'an image of {}')")

@@ -238,7 +238,7 @@ def relative(a: torch.Tensor, b: torch.Tensor) -> float:
 
 
 def rewrite(model: Any, edits: Sequence[tuple[str, str] | str], *, preserve: Sequence[str] = (),
-            sites: Any = None, concept: str | None = None, lam: float = 0.1,
+            sites: Any = None, concept: str | None = None, lam: float = 0.01,
             templates: Sequence[str] | None = None, tokens: str | Sequence[int] = "all",
             seeds: Sequence[int] = (0,), steps: int | None = None, guidance: float | None = None,
             keep_targets: bool = True, progress: bool = True) -> WeightFile:
