@@ -116,6 +116,12 @@ def main() -> None:
         sets = [("localized", [s.name for s in local]), ("all sites", [s.name for s in model.sites])]
         sets += [(f"random non-localized #{i}", rng.sample(rest, len(local))) for i in range(args.draws)]
         rows = [("unedited", 0, judge(model, world, seeds))]
+        # The ceiling: the unedited model on the target's own prompts, read for the target.
+        own = [p.replace(world.source, world.target) for p in [t.format(world.source) for t in world.templates]
+               + list(world.unseen)]
+        ceiling = float(np.mean(score(model, world.scorer, [o for r in generate(model, own, seeds=seeds,
+                                                                                batch_size=len(own)) for o in r],
+                                      [world.target] * len(own) * len(seeds))))
         for label, names in sets:
             wf = multiloc.rewrite(model, [(world.source, world.target)], preserve=world.preserve,
                                   sites=names, lam=args.lam, templates=world.templates, progress=False)
@@ -127,7 +133,7 @@ def main() -> None:
         print(f"\n{name}: '{world.source} => {world.target}' from {len(world.templates)} prompts, preserving "
               f"{', '.join(world.preserve)}; lambda {args.lam}; {len(seeds)} seeds; "
               f"scores: {world.scorer} ({world.target} for efficacy/generalisation, own value for "
-              f"specificity), {world.kept_scorer} (other concept)")
+              f"specificity), {world.kept_scorer} (other concept); the target's own prompts score {ceiling:.2f}")
         print(f"{'sites':<34}{'n':>4}{'efficacy':>10}{'general.':>10}{'specific.':>10}{'other':>8}")
         for label, n, r in rows:
             print(f"{label:<34}{n:>4}{r['efficacy']:>10.2f}{r['generalisation']:>10.2f}"

@@ -36,7 +36,7 @@ def test_rewrite_is_exact_as_lambda_goes_to_zero(name, tmp_path, one_thread):
     before = {k: v.clone() for k, v in model.denoiser.state_dict().items()}
     rows = [SRC, TGT, KEEP]
     seen = collect(model, [site], rows, seeds=[0], steps=STEPS, guidance=None)
-    first = seen[f"{site.name}.{taps[0]}"]
+    first = seen[site.name]
     calls, d = first.x.shape[0], first.x.shape[-1]
     # A full-rank input set: (edit + preserved) vectors = 2 * calls * positions, at most the width.
     tokens = _differing(first, max(1, min(3, d // (4 * calls))))
@@ -59,7 +59,7 @@ def test_rewrite_is_exact_as_lambda_goes_to_zero(name, tmp_path, one_thread):
     originals = {t: module.get_submodule(t).weight.detach().clone() for t in taps}
     with model.applied(path):
         for t in taps:  # every recorded call (all steps): W' c_src = W c_tgt, W' c_p = W c_p
-            x = seen[f"{site.name}.{t}"].x[:, :, tokens]
+            x = first.x[:, :, tokens]
             proj = module.get_submodule(t)
             w0 = originals[t]
             new_src, old_tgt = x[:, 0] @ proj.weight.T, x[:, 1] @ w0.T

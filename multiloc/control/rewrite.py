@@ -150,33 +150,32 @@ class Inputs:
 
 def collect(model: Any, sites: Sequence[Site], rows: Sequence[str], *, seeds: Sequence[int],
             steps: int | None, guidance: float | None, bar: Any = None) -> dict[str, Inputs]:
-    """Run ``rows`` as one batch per seed and record every tap's inputs, each distinct call once (a
-    U-Net's do not change with the step or the seed)."""
+    """Run ``rows`` as one batch per seed and record what each site's projections read (its first tap's
+    input: ``to_k`` and ``to_v`` read the same), each distinct call once (a U-Net's inputs do not change
+    with the step or the seed). Returns :class:`Inputs` by site name."""
     den = model.denoiser
-    modules = [f"{s.name}.{t.path}" for s in sites for t in s.taps if t.kwarg is None]
+    first = {s.name: f"{s.name}.{next(t.path for t in s.taps if t.kwarg is None)}" for s in sites}
     mask_sites = [replace(s, taps=tuple(t for t in s.taps if t.mask)) for s in sites]
     mask_sites = [s for s in mask_sites if s.taps]
-    calls: dict[str, list[torch.Tensor]] = {m: [] for m in modules}
+    calls: dict[str, list[torch.Tensor]] = {m: [] for m in first.values()}
     masks: dict[str, torch.Tensor] = {}
+    copy = model.adapter.conditional_copy
     for seed in seeds:
-        with capture_inputs(den, modules, len(rows), model.adapter.conditional_copy) as ins, \
+        with capture_inputs(den, list(first.values()), len(rows), copy) as ins, \
                 capture(den, mask_sites) as ms, torch.no_grad():
             model.generate(list(rows), seed=seed, steps=steps, guidance=guidance)
-        for m in modules:
-            calls[m] += [x for x in ins[m] if not any(torch.equal(x, y) for y in calls[m])]
-        for (site, _), values in ms.items():
+        for m, seen in calls.items():
+            seen += [x for x in ins[m] if not any(torch.equal(x, y) for y in seen)]
+        for (site, _), values in ms.items():  # one mask per generation: it does not change per step
             m = values[0]
-            m = m.reshape(m.shape[0] // len(rows), len(rows), *m.shape[1:])[model.adapter.conditional_copy]
-            masks[site] = kept_positions(m.cpu())
+            masks[site] = kept_positions(m.reshape(m.shape[0] // len(rows), len(rows), *m.shape[1:])[copy].cpu())
         if bar is not None:
             bar.update(1)
     out = {}
-    for s in sites:
-        for t in s.taps:
-            if t.kwarg is None:
-                x = torch.stack(calls[f"{s.name}.{t.path}"])
-                kept = masks.get(s.name, torch.ones(x.shape[1], x.shape[2], dtype=torch.bool))
-                out[f"{s.name}.{t.path}"] = Inputs(x, kept[:, :x.shape[2]])
+    for name, module in first.items():
+        x = torch.stack(calls[module])
+        kept = masks.get(name, torch.ones(x.shape[1], x.shape[2], dtype=torch.bool))
+        out[name] = Inputs(x, kept[:, :x.shape[2]])
     return out
 
 
@@ -209,6 +208,8 @@ def constraints(inputs: Inputs, weight: torch.Tensor, pairs: Sequence[tuple[int,
         xs.append(x[:, s, pos].reshape(-1, x.shape[-1]))
         ys.append(x[:, t, pos].reshape(-1, x.shape[-1]) @ w.T)
     edit_x, edit_y = torch.cat(xs), torch.cat(ys)
+    if not edit_x.shape[0]:
+        raise UserError("no token position is left to match the edits on (the chosen tokens are masked)")
     keep = [x[:, p, allowed & inputs.kept[p]].reshape(-1, x.shape[-1]) for p in keep_rows]
     keep_x = torch.cat(keep) if keep else x.new_zeros(0, x.shape[-1])
     return torch.cat([edit_x, keep_x]), torch.cat([edit_y, keep_x @ w.T]), edit_x, edit_y
@@ -269,9 +270,10 @@ def rewrite(model: Any, edits: Sequence[tuple[str, str] | str], *, preserve: Seq
     if keep_targets:  # an edit to "blue" must not change "blue" itself
         kept += [t for _, t in pairs if t not in kept]
     chosen = editable(model, resolve_sites(model, sites, concept=concept))
-    if not isinstance(tokens, str):
+    if isinstance(tokens, str):
+        positions(tokens, 0)  # the form is checked now, the range once the length is known
+    else:
         tokens = [int(t) for t in tokens]
-    positions(tokens, 10**9)  # the form is checked now, the range once the length is known
 
     # One batch per seed: the pairs side by side (same length, same noise), then the preserved prompts.
     rows = [p for pair in pairs for p in pair] + kept
@@ -285,8 +287,7 @@ def rewrite(model: Any, edits: Sequence[tuple[str, str] | str], *, preserve: Seq
         for tap in (t for t in site.taps if t.kwarg is None):
             key = f"{component}.{site.name}.{tap.path}.weight"
             weight = parameter(model, key).detach()
-            x, y, edit_x, edit_y = constraints(inputs[f"{site.name}.{tap.path}"], weight, row_pairs,
-                                               keep_rows, tokens)
+            x, y, edit_x, edit_y = constraints(inputs[site.name], weight, row_pairs, keep_rows, tokens)
             new = solve(weight, x, y, lam)
             w = weight.to(torch.float64)
             keep_x = x[edit_x.shape[0]:]
