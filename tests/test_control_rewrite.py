@@ -58,6 +58,10 @@ def test_rewrite_is_exact_as_lambda_goes_to_zero(name, tmp_path, one_thread):
     module = model.denoiser.get_submodule(site.name)
     originals = {t: module.get_submodule(t).weight.detach().clone() for t in taps}
     with model.applied(path):
+        edited_keys = {f"{site.name}.{t}.weight" for t in taps}
+        now = model.denoiser.state_dict()
+        assert all(torch.equal(before[k], now[k]) for k in before if k not in edited_keys)  # the rest: untouched
+        assert all(not torch.equal(before[k], now[k]) for k in edited_keys)
         for t in taps:  # every recorded call (all steps): W' c_src = W c_tgt, W' c_p = W c_p
             x = first.x[:, :, tokens]
             proj = module.get_submodule(t)

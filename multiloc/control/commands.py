@@ -95,9 +95,9 @@ def cmd_rewrite(args: argparse.Namespace) -> int:
                  seeds=seed_list(args), steps=args.steps, guidance=args.guidance, progress=not args.quiet)
     path = save_weights(args.save, wf)
     res = wf.details["residual"]
-    print(f"rewrote {len(wf.sites)} sites ({len(wf.tensors)} tensors) of {model.name} from "
-          f"{len(wf.details['pairs'])} source/target prompt pairs and {len(wf.details['preserve_prompts'])} "
-          f"preserved prompts (lambda {args.lam})")
+    print(f"rewrote {len(wf.sites)} site{'s' * (len(wf.sites) != 1)} ({len(wf.tensors)} tensors) of {model.name} "
+          f"from {len(wf.details['pairs'])} source/target prompt pairs and {len(wf.details['preserve_prompts'])} "
+          f"preserved prompts, the targets included (lambda {args.lam})")
     for name in wf.sites:
         print(f"  {name}")
     print(f"edit prompts' keys/values, relative residual |W'c_src - W c_tgt| / |W c_tgt|: "
