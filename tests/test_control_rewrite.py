@@ -184,3 +184,13 @@ def test_toy_shapes_localized_edit_generalises_and_keeps_other_colours(one_threa
         assert min(colour.score(outs[2:], [p.split()[2] for p in others])) > 0.9
         assert min(shape.score(outs, [p.split()[3] for p in unseen + others])) > 0.8
         assert shapes.best_colour(outs[0]) == ("blue" if flips else "red")
+
+
+def test_several_edits_are_solved_together(one_thread):
+    model = multiloc.load("tiny-pixart")
+    wf = multiloc.rewrite(model, ["a red cube => a blue cube", "a green ball => a pink ball"], sites="0",
+                          steps=2, tokens=[3], lam=1e-6, progress=False)
+    assert wf.details["pairs"] == [["a red cube", "a blue cube"], ["a green ball", "a pink ball"]]
+    assert wf.details["preserve_prompts"] == ["a blue cube", "a pink ball"]  # the targets are kept
+    res = wf.details["residual"]
+    assert res["after"] < 1e-4 < 0.1 < res["before"] and res["preserve_drift"] < 1e-4

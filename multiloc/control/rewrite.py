@@ -286,7 +286,7 @@ def rewrite(model: Any, edits: Sequence[tuple[str, str] | str], *, preserve: Seq
     for site in chosen:
         for tap in (t for t in site.taps if t.kwarg is None):
             key = f"{component}.{site.name}.{tap.path}.weight"
-            weight = parameter(model, key).detach()
+            weight = parameter(model, key).detach().to("cpu")  # the inputs were gathered on the CPU
             x, y, edit_x, edit_y = constraints(inputs[site.name], weight, row_pairs, keep_rows, tokens)
             new = solve(weight, x, y, lam)
             w = weight.to(torch.float64)
