@@ -51,24 +51,24 @@ class World:
 def shapes_world(model: str) -> World:
     templates = ("a small {} circle", "a large {} square", "a large {} triangle")
     return _world(model, "toy-colour", "red", "blue", templates, shapes.combos("all"), shapes.prompt,
-                  colour=0, other=1, scorer="colour", kept_scorer="shape")
+                  value=0, other=1, scorer="colour", kept_scorer="shape")
 
 
 def tones_world() -> World:
     templates = ("slow low {} notes", "fast mid {} notes", "slow high {} notes")
     return _world("toy-tones", "toy-instrument", "sine", "square", templates, tones.combos("all"), tones.prompt,
-                  colour=0, other=1, scorer="instrument", kept_scorer="pitch")
+                  value=0, other=1, scorer="instrument", kept_scorer="pitch")
 
 
 def _world(model: str, concept: str, source: str, target: str, templates: tuple[str, ...], combos: list,
-           prompt, colour: int, other: int, scorer: str, kept_scorer: str) -> World:
+           prompt, value: int, other: int, scorer: str, kept_scorer: str) -> World:
     """The edit learnt from ``templates`` (every other value of the concept preserved on them); judged
     on the source's other prompts and on the other values' prompts outside the templates."""
-    values = sorted({c[colour] for c in combos})
+    values = sorted({c[value] for c in combos})
     seen = {t.format(v) for t in templates for v in values}
-    unseen = tuple(prompt(*c) for c in combos if c[colour] == source and prompt(*c) not in seen)
-    others = tuple((prompt(*c), c[colour]) for c in combos
-                   if c[colour] not in (source, target) and prompt(*c) not in seen)
+    unseen = tuple(prompt(*c) for c in combos if c[value] == source and prompt(*c) not in seen)
+    others = tuple((prompt(*c), c[value]) for c in combos
+                   if c[value] not in (source, target) and prompt(*c) not in seen)
     preserve = tuple(v for v in values if v not in (source, target))  # the target is kept by default
     return World(model, concept, source, target, templates, preserve, unseen, others, scorer, kept_scorer,
                  {prompt(*c): c[other] for c in combos})
