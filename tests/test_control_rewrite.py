@@ -41,10 +41,12 @@ def test_rewrite_is_exact_as_lambda_goes_to_zero(name, tmp_path, one_thread):
     # A full-rank input set: (edit + preserved) vectors = 2 * calls * positions, at most the width.
     tokens = _differing(first, max(1, min(3, d // (4 * calls))))
     assert tokens and 2 * calls * len(tokens) <= d
+    # lam is relative to the inputs' mean energy; tiny-sd3's six input vectors have singular values from
+    # 6.9 down to 4e-4, so "lambda -> 0" has to be far below (4e-4 / 6.9)^2 for the fit to be exact.
 
-    wf = multiloc.rewrite(model, [f"{SRC} => {TGT}"], preserve=[KEEP], sites=site.name, lam=1e-6,
+    wf = multiloc.rewrite(model, [f"{SRC} => {TGT}"], preserve=[KEEP], sites=site.name, lam=1e-12,
                           tokens=tokens, steps=STEPS, progress=False)
-    assert wf.details["residual"]["after"] < 1e-3 < wf.details["residual"]["before"]
+    assert wf.details["residual"]["after"] < 1e-4 < 1e-2 < wf.details["residual"]["before"]
     component = model.adapter.denoiser_attr
     assert sorted(wf.tensors) == sorted(f"{component}.{site.name}.{t}.weight" for t in taps)  # nothing else
     after = model.denoiser.state_dict()
