@@ -11,6 +11,7 @@ Example::
 from . import control
 from .concepts import Concept, Pair
 from .control.edit import edit
+from .control import rewrite
 from .errors import UserError
 from .interventions import Patch, StepWindow
 from .localize import scan
@@ -22,6 +23,6 @@ from .sites import Site
 
 __all__ = [
     "Concept", "Model", "control", "Pair", "Patch", "Result", "Scorer", "Site", "StepWindow", "UserError",
-    "edit", "get_scorer", "load", "register_adapter", "register_scorer", "scan",
+    "edit", "get_scorer", "load", "register_adapter", "register_scorer", "rewrite", "scan",
 ]
 __version__ = "0.1.0"

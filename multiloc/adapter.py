@@ -46,6 +46,9 @@ class Adapter:
     site_rules: ClassVar[tuple[SiteRule, ...]] = ()
     block_order: ClassVar[tuple[str, ...]] = ()
     calls_per_step: ClassVar[int] = 1
+    # Under classifier-free guidance a denoiser call holds copies of the rows one after the other:
+    # which copy is the conditional one (most pipelines: the last; ACE-Step: the first).
+    conditional_copy: ClassVar[int] = -1
     # Conditioning entries laid out token by token like the tokenizer's output (causal tracing
     # corrupts the concept's positions in these).
     sequence_keys: ClassVar[tuple[str, ...]] = ("prompt_embeds",)

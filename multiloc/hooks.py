@@ -9,6 +9,9 @@ Example::
     with capture(unet, sites) as store:
         pipe(...)
     store[("up_blocks.0.attentions.2.transformer_blocks.1.attn2", "to_k")]  # list of per-step outputs
+
+    with capture_inputs(unet, ["mid_block.attentions.0.transformer_blocks.0.attn2.to_k"], n_rows=2) as ins:
+        pipe(...)                     # the projection's inputs (the conditional copies), per step
 """
 
 from __future__ import annotations
@@ -144,6 +147,37 @@ def capture(denoiser: nn.Module, sites: Sequence[Site]) -> Iterator[dict[tuple[s
     pre_kw = [(denoiser.get_submodule(s.name), make_pre_hook((s.name, _key(t)), t.kwarg))
               for s in sites for t in s.taps if t.kwarg is not None]
     with hooks(forward=forward, pre_kw=pre_kw):
+        yield store
+
+
+@contextmanager
+def capture_inputs(denoiser: nn.Module, modules: Sequence[str], n_rows: int, copy: int = -1,
+                   ) -> Iterator[dict[str, list[torch.Tensor]]]:
+    """Record the input of each named submodule (e.g. a site's ``to_k``) at every denoiser call: the
+    conditional copy of each of the ``n_rows`` logical rows, detached, on the CPU. Under classifier-free
+    guidance a call holds copies of the rows, one after the other; ``copy`` is the conditional one's
+    index among them (the adapter's ``conditional_copy``: most pipelines put it last).
+
+    A call whose input equals the previous one recorded for that module is not stored again, so a
+    U-Net, whose projections read the same text embeddings at every step, yields one tensor per module,
+    and a joint-attention DiT, whose text stream changes from step to step, one per step.
+
+    >>> with capture_inputs(unet, [f"{site.name}.to_k"], n_rows=2) as store:
+    ...     pipe(...)
+    >>> store[f"{site.name}.to_k"][0].shape        # (rows, tokens, features)
+    """
+    store: dict[str, list[torch.Tensor]] = defaultdict(list)
+
+    def make_hook(name: str) -> Callable:
+        def hook(module: nn.Module, args: tuple) -> None:
+            x = args[0].detach()
+            x = x.reshape(x.shape[0] // n_rows, n_rows, *x.shape[1:])[copy].to("cpu")
+            seen = store[name]
+            if not (seen and seen[-1].shape == x.shape and torch.equal(seen[-1], x)):
+                seen.append(x.clone())
+        return hook
+
+    with hooks(pre=[(denoiser.get_submodule(m), make_hook(m)) for m in modules]):
         yield store
 
 

@@ -6,6 +6,7 @@ site tables as :mod:`multiloc.localize`.
 - ``edit.py``: one-pass output edits (only the chosen sites read the edited prompt), baselines, evaluation
 - ``sld.py``: Safe Latent Diffusion guidance for every CFG family (the ``sld`` baseline of ``edit``)
 - ``generate.py``: plain generation with modifiers (weight files; LoRA and steering slot in)
+- ``rewrite.py``: closed-form key/value edits of the sites (``multiloc rewrite``), saved as weight files
 - ``commands.py``: the CLI commands
 
 Example::
@@ -17,8 +18,9 @@ Example::
 
 from .edit import EditRun, edit, evaluate, parse_pairs
 from .generate import Weights, generate
+from .rewrite import rewrite
 from .targets import published_sites, resolve_sites
 from .weights import WeightFile, applied, apply, read_weights, save_weights
 
 __all__ = ["EditRun", "WeightFile", "Weights", "applied", "apply", "edit", "evaluate", "generate",
-           "parse_pairs", "published_sites", "read_weights", "resolve_sites", "save_weights"]
+           "parse_pairs", "published_sites", "read_weights", "resolve_sites", "rewrite", "save_weights"]

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from ..cli import DTYPES, _positive, _settings, resolve_device, resolve_dtype
+from ..errors import UserError
 
 SITES_HELP = ("a site spec ('55-57', 'up_blocks.0.*'), or a scan's result.json (its selected set); "
               "default: the sites published for the model in its registry entry")
@@ -158,6 +159,36 @@ def cmd_edit(args: argparse.Namespace) -> int:
     return 0
 
 
+# --- rewrite ----------------------------------------------------------------------------------
+def cmd_rewrite(args: argparse.Namespace) -> int:
+    from .rewrite import TEMPLATES, check_templates, edit_pairs, parse_edit, rewrite
+    from .weights import save_weights
+
+    edits = [parse_edit(e) for e in args.edit]  # every input is checked before the model loads
+    if args.lam < 0:
+        raise UserError(f"--lam must be >= 0, got {args.lam}")
+    if args.templates is not None:
+        edit_pairs(edits, check_templates(args.templates))
+    if not str(args.save).endswith(".safetensors"):
+        raise UserError(f"--save {args.save}: a weight file is a .safetensors file")
+    model = load_model(args)
+    wf = rewrite(model, edits, preserve=args.preserve or (), sites=args.sites, concept=args.concept,
+                 lam=args.lam, templates=args.templates or TEMPLATES[model.modality],
+                 seeds=seed_list(args), steps=args.steps, guidance=args.guidance, progress=not args.quiet)
+    path = save_weights(args.save, wf)
+    res = wf.details["residual"]
+    print(f"rewrote {len(wf.sites)} site{'s' * (len(wf.sites) != 1)} ({len(wf.tensors)} tensors) of {model.name} "
+          f"from {len(wf.details['pairs'])} source/target prompt pairs and {len(wf.details['preserve_prompts'])} "
+          f"preserved prompts, the targets included (lambda {args.lam})")
+    for name in wf.sites:
+        print(f"  {name}")
+    print(f"edit prompts' keys/values, relative residual |W'c_src - W c_tgt| / |W c_tgt|: "
+          f"{res['before']:.3f} before -> {res['after']:.3f} after; preserved prompts' drift "
+          f"|W'c_p - W c_p| / |W c_p|: {res['preserve_drift']:.3f}")
+    print(f"wrote {path}; use it with: multiloc generate --model {model.name} --weights {path} --prompt ...")
+    return 0
+
+
 def add_commands(sub: Any) -> None:
     """Add the control commands to the ``multiloc`` sub-parsers."""
     p = sub.add_parser("edit", help="one-pass output edit: only the chosen sites read the edited prompt "
@@ -199,3 +230,26 @@ def add_commands(sub: Any) -> None:
     p.add_argument("--out", required=True, help="output directory")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_generate)
+
+    p = sub.add_parser("rewrite", help="closed-form key/value edit of the localized sites, saved as a weight file",
+                       description="Rewrite the key/value projections of the chosen sites so the source's "
+                       "conditioning produces the target's keys/values (UCE / TIME / LocoEdit). A one-word "
+                       "SOURCE/TARGET/--preserve item is placed into each template; an item with spaces is "
+                       "a prompt, used as is.")
+    model_options(p)
+    p.add_argument("--edit", action="append", required=True, metavar="'SRC => TGT'",
+                   help="an edit, repeatable; to erase a concept, edit it to a neutral word ('r2d2 => robot')")
+    p.add_argument("--preserve", action="append", metavar="P",
+                   help="a word or prompt whose keys/values must stay; repeatable")
+    p.add_argument("--sites", help=SITES_HELP)
+    p.add_argument("--concept", help="which of the model's published site sets to edit (e.g. toy-colour)")
+    p.add_argument("--lam", type=float, default=0.01,
+                   help="pull towards the old weights, relative to the inputs' mean energy per dimension; "
+                   "near 0: match the edits exactly (default: 0.01)")
+    p.add_argument("--templates", nargs="+", metavar="T",
+                   help="templates holding a word's place as {} (default: the modality's built-in set, "
+                   "e.g. '{}' 'a photo of {}' 'a painting of {}' 'an image of {}')")
+    seed_options(p)
+    p.add_argument("--save", required=True, metavar="FILE.safetensors", help="the weight file to write")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_rewrite)
