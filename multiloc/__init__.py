@@ -10,8 +10,8 @@ Example::
 
 from . import control
 from .concepts import Concept, Pair
-from .control.edit import edit
 from .control import rewrite
+from .control.edit import edit
 from .errors import UserError
 from .interventions import Patch, StepWindow
 from .localize import scan
