@@ -1,4 +1,4 @@
-"""Metrics: how well a word was written (OCR text against a target) and how well an image was kept.
+"""Metrics: how well a word was written (OCR text against a target) and how well an image or clip was kept.
 
 Text metrics follow the code of the ICLR 2025 text-localization paper:
 
@@ -20,6 +20,7 @@ Example::
     char_prf("silent", "listen")                   # (1.0, 1.0, 1.0)
     corpus_scores(["cat", ""], ["cat", "dog"])     # {'precision': 0.5, 'recall': 0.5, 'f1': 0.5, ...}
     ssim(image, image), psnr(image, noisy), mse(image, noisy)
+    log_spectral_distance(clip, other_clip)         # audio: dB RMS between spectrograms
 """
 
 from __future__ import annotations
@@ -153,3 +154,24 @@ def ssim(a: Any, b: Any, data_range: float = 1.0) -> float:
     return float(_skimage_metrics().structural_similarity(
         a, b, data_range=data_range, channel_axis=-1 if a.ndim == 3 else None,
         gaussian_weights=True, sigma=1.5, use_sample_covariance=False))
+
+
+# --- audio ------------------------------------------------------------------------------------
+def log_spectral_distance(a: Any, b: Any, n_fft: int = 256) -> float:
+    """Root-mean-square difference in dB of two clips' magnitude spectrograms (0 for identical clips).
+
+    Hann-windowed frames of ``n_fft`` samples, hop ``n_fft // 2``; magnitudes floored at 1e-5 (-100 dB)
+    so silence does not dominate. Clips are mono or (channels, samples), compared over the shorter.
+
+    >>> log_spectral_distance(clip, clip)
+    0.0
+    """
+    def spectrum(x: Any, n: int) -> np.ndarray:
+        x = np.asarray(x, dtype=np.float64).reshape(-1, np.shape(x)[-1])[:, :n]
+        if n < n_fft:
+            x = np.pad(x, ((0, 0), (0, n_fft - n)))
+        frames = np.lib.stride_tricks.sliding_window_view(x, n_fft, axis=-1)[:, ::n_fft // 2]
+        return 20 * np.log10(np.maximum(np.abs(np.fft.rfft(frames * np.hanning(n_fft), axis=-1)), 1e-5))
+
+    n = min(np.shape(a)[-1], np.shape(b)[-1])
+    return float(np.sqrt(np.mean((spectrum(a, n) - spectrum(b, n)) ** 2)))
