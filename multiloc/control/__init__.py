@@ -3,7 +3,9 @@ site tables as :mod:`multiloc.localize`.
 
 - ``targets.py``: which sites (a spec, a scan's result, or the model's published sites)
 - ``weights.py``: weight files (only the changed tensors + metadata), applied reversibly
-- ``generate.py``: plain generation with modifiers (weight files; LoRA and steering slot in)
+- ``generate.py``: plain generation with modifiers (weight files, steering vectors; LoRA slots in)
+- ``steer.py``: activation-steering vectors (CAA) per site and step, steering files
+- ``steer_sweep.py``: the alpha sweep (localized / all / all-but-localized sites)
 - ``commands.py``: the CLI commands
 
 Example::
@@ -13,9 +15,10 @@ Example::
         images = multiloc.control.generate(model, ["a cat"], seeds=[0])
 """
 
-from .generate import Weights, generate
+from .generate import Steer, Weights, generate
+from .steer import SteeringVectors, read_steering, save_steering, steering_vectors
 from .targets import published_sites, resolve_sites
 from .weights import WeightFile, applied, apply, read_weights, save_weights
 
-__all__ = ["WeightFile", "Weights", "applied", "apply", "generate", "published_sites", "read_weights",
-           "resolve_sites", "save_weights"]
+__all__ = ["Steer", "SteeringVectors", "WeightFile", "Weights", "applied", "apply", "generate", "published_sites",
+           "read_steering", "read_weights", "resolve_sites", "save_steering", "save_weights", "steering_vectors"]
