@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import re
 import sys
 from pathlib import Path
 from typing import Any
@@ -200,3 +201,6 @@ def add_commands(sub: Any) -> None:
     p.add_argument("--out", help="the sweep's directory: sweep.json, sweep.png (needs --alphas)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_steer)
+    # `--alphas -4:4:9` must read as a value, not as an unknown option: argparse takes only plain
+    # negative numbers (-4, -0.5) for values; this parser has no option that starts with a digit.
+    p._negative_number_matcher = re.compile(r"^-\.?\d")
