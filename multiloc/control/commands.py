@@ -155,15 +155,23 @@ def cmd_steer(args: argparse.Namespace) -> int:
 
 
 def sweep_table(record: dict[str, Any]) -> str:
-    """The sweep as a text table: alpha, then score and preservation per mode."""
+    """The sweep as a text table: alpha, then per mode the score, the preservation (and ``kept``)."""
     modes = [m for m, rows in record["modes"].items() if rows]
-    metric = next(iter(record["modes"][modes[0]][0]["preservation"]))
-    head = f"{'alpha':>7}" + "".join(f" {m[:18]:>18} {metric:>7}" for m in modes)
+    first = record["modes"][modes[0]][0]
+    metric = next(iter(first["preservation"]))
+    kept = "kept" in first
+    cols = [metric] + (["kept"] if kept else [])
+    head = f"{'alpha':>7}" + "".join(f" | {m[:17]:<17}" + "".join(f" {c:>7}" for c in cols) for m in modes)
     lines = [f"score = {record['target']!r} by the concept's scorer (unsteered {record['unsteered_score']:.3f}); "
-             f"{metric} to the unsteered output", head]
+             f"{metric} to the unsteered output"
+             + (f"; kept = the prompt's other attribute (unsteered {record['unsteered_kept']:.3f})" if kept else ""),
+             head]
     for i, alpha in enumerate(record["alphas"]):
-        cells = "".join(f" {record['modes'][m][i]['score']:>18.3f} {record['modes'][m][i]['preservation'][metric]:>7.3g}"
-                        for m in modes)
+        cells = ""
+        for m in modes:
+            row = record["modes"][m][i]
+            cells += f" | {row['score']:<17.3f} {row['preservation'][metric]:>7.3g}"
+            cells += f" {row['kept']:>7.3f}" if kept else ""
         lines.append(f"{alpha:>7.2f}{cells}")
     return "\n".join(lines)
 

@@ -63,20 +63,33 @@ def preservation(a: Any, b: Any, modality: str) -> dict[str, float]:
 def sweep(model: Any, vectors: SteeringVectors, localized: Sequence[str], prompts: Sequence[str],
           alphas: Sequence[float], *, scorer: Any, target: str, seeds: Sequence[int] = (0,),
           steps: int | None = None, guidance: float | None = None, batch_size: int = 8,
+          modes: Sequence[str] = MODES, keep: tuple[Any, Sequence[str]] | None = None,
           progress: bool = False) -> dict[str, Any]:
-    """Score and preservation for each mode and alpha (see the module docstring); ``vectors`` must
-    hold every site the modes need (the model's sites for ``all``)."""
+    """Score and preservation for each of ``modes`` and each alpha (see the module docstring);
+    ``vectors`` must hold every site the modes need (the model's sites for ``all``).
+
+    ``keep``: ``(scorer, one target per prompt)``, what the prompt asked besides the concept (the toy
+    tones' pitch, the toy shapes' shape); each row then also has ``kept``, that scorer's mean. The
+    distance to the unsteered output counts the concept's own change too; ``kept`` does not.
+    """
+    unknown = [m for m in modes if m not in MODES]
+    if unknown:
+        raise UserError(f"unknown sweep mode {unknown[0]!r}; known: {', '.join(MODES)}")
     localized = list(localized)
     others = [s for s in vectors.sites if s not in set(localized)]
-    groups = {"localized": localized, "all": vectors.sites, "all-but-localized": others}
+    every = {"localized": localized, "all": vectors.sites, "all-but-localized": others}
+    groups = {m: every[m] for m in modes}
     kwargs = {"seeds": list(seeds), "steps": steps, "guidance": guidance, "batch_size": batch_size}
     plain = generate(model, prompts, **kwargs)
     flat_plain = [o for row in plain for o in row]
     base_scores = scorer.score(flat_plain, [target] * len(flat_plain))
+    keep_targets = list(keep[1]) * len(plain) if keep else []
     record: dict[str, Any] = {
         "model": model.name, "concept": vectors.concept, "target": target, "prompts": list(prompts),
         "seeds": list(seeds), "steps": steps or model.settings["steps"], "alphas": [float(a) for a in alphas],
         "sites": groups, "unsteered_score": float(np.mean(base_scores)), "modes": {}}
+    if keep:
+        record["unsteered_kept"] = float(np.mean(keep[0].score(flat_plain, keep_targets)))
     for mode, names in groups.items():
         if not names:
             record["modes"][mode] = []  # every site is localized: nothing is left to steer
@@ -90,6 +103,8 @@ def sweep(model: Any, vectors: SteeringVectors, localized: Sequence[str], prompt
             kept = [preservation(o, p, model.modality) for o, p in zip(flat, flat_plain)]
             rows.append({"alpha": float(alpha), "score": float(np.mean(scores)),
                          "preservation": {k: float(np.mean([d[k] for d in kept])) for k in kept[0]}})
+            if keep:
+                rows[-1]["kept"] = float(np.mean(keep[0].score(flat, keep_targets)))
         record["modes"][mode] = rows
     return record
 
