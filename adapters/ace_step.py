@@ -34,6 +34,7 @@ class AceStepAdapter(Adapter):
     denoiser_classes = ("AceStepTransformer1DModel",)
     site_rules = (SiteRule(kind="cross_attn", where=is_cross_attn, taps=("to_k", "to_v")),)
     prompt_in_call = True
+    cond_copy = 0  # the pipeline runs its DiT on (cond, null) stacked in that order
     defaults = {"steps": 50, "guidance": 7.0, "audio_duration": 30.0, "max_text_length": 1024,
                 "lyrics": "[Instrumental]"}
 

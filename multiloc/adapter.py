@@ -52,6 +52,9 @@ class Adapter:
     # True for pipelines that take no embeddings (they encode inside their call): rows then reach
     # ``generate`` as ``{"prompt": [str, ...]}`` and the pipeline's own encoding is the one used.
     prompt_in_call: ClassVar[bool] = False
+    # Which CFG copy of the denoiser's batch holds the conditional rows: pipelines stack [uncond, cond]
+    # (-1); one that stacks [cond, uncond] says 0. Without CFG there is one copy and either reads it.
+    cond_copy: ClassVar[int] = -1
     # Family defaults; a registry entry overrides them with the settings its paper used.
     defaults: ClassVar[dict[str, Any]] = {"steps": 50, "guidance": 7.5}
 

@@ -136,18 +136,24 @@ def intervene(denoiser: nn.Module, sites: Sequence[Site], plan: Sequence[Patch],
 
 
 def image_side(site: Site, out: object) -> tuple[torch.Tensor, Callable[[torch.Tensor], object]]:
-    """The image-token side of a site module's output, and ``put(new)`` rebuilding the output with it.
+    """The image-token side of a site module's output as (batch, positions, channels), and ``put(new)``
+    rebuilding the module's output with ``new`` in its place.
 
     Joint attention returns ``(image, text)``: the image stream is the first. A FLUX single-stream
     attention returns text and image positions in one sequence, the text first (the site's token range):
-    the image side is what follows it.
+    the image side is what follows it. An attention that returns a feature map (IF's added-KV attention:
+    (batch, channels, height, width)) is read channels last.
     """
-    first = out[0] if isinstance(out, tuple) else out
+    first = _first(out)
     text = next((t.tokens for t in site.taps if t.tokens), None)
     cut = text[1] if text else None
     image = first if cut is None else first[:, cut:]
+    if image.dim() == 4:
+        image = image.flatten(2).transpose(1, 2).contiguous()
 
     def put(new: torch.Tensor) -> object:
+        if first.dim() == 4:
+            new = new.transpose(1, 2).reshape(first.shape)
         full = new if cut is None else torch.cat([first[:, :cut], new], dim=1)
         return (full, *out[1:]) if isinstance(out, tuple) else full
 

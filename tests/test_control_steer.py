@@ -106,17 +106,23 @@ def test_alpha_zero_is_bit_identical_and_the_file_round_trips(planted, blue, tmp
         check_steering(multiloc.load("toy-shapes"), back)
 
 
-@pytest.mark.parametrize("name", ["tiny-flux", "tiny-sd3"])
-def test_joint_and_single_stream_sites_steer_their_image_side(name, one_thread):
+FAMILIES = ("tiny-sd", "tiny-sdxl", "tiny-if", "tiny-sd3", "tiny-flux", "tiny-pixart", "tiny-sana",
+            "tiny-audioldm2", "tiny-stable-audio", "tiny-ace-step")
+
+
+@pytest.mark.parametrize("name", FAMILIES)
+def test_every_family_steers_its_image_side(name, one_thread):
     model = multiloc.load(name)
     concept = multiloc.Concept(name="c", pairs=[("a red cube", "a blue cube")])
     vectors = steering_vectors(model, concept, sites=model.sites, seeds=1, steps=2)
     with capture_outputs(model.denoiser, model.sites) as seen:
         plain = model.generate(["a red cube"], seed=0, steps=2)[0]
-    # Every site's image side: the image tokens only (a FLUX single-stream output without its text part).
-    assert len({seen[s.name][0].shape for s in model.sites}) == 1
-    for s in model.sites:
+    for s in model.sites:  # one vector per channel of the image side (IF's feature maps read channels last)
         assert vectors.vectors[s.name].shape == (2, seen[s.name][0].shape[-1])
+    if name in ("tiny-sd3", "tiny-flux"):  # image tokens only: FLUX single-stream outputs lose their text part
+        assert len({seen[s.name][0].shape for s in model.sites}) == 1
+    # CFG's conditional copy: a donor that differs shows (ACE-Step stacks (cond, null), the others (null, cond)).
+    assert max(float(v.abs().max()) for v in vectors.vectors.values()) > 0
     assert np.array_equal(plain, generate(model, ["a red cube"], steps=2, modifiers=[Steer(vectors, 0.0, 2)])[0][0])
     moved = generate(model, ["a red cube"], steps=2, modifiers=[Steer(vectors, 50.0, 2)])[0][0]
     assert abs(moved - plain).max() > 1e-4

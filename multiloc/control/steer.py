@@ -1,9 +1,10 @@
 """Activation steering (CAA, contrastive activation addition) through chosen sites.
 
 A steering vector of a site at denoising step *k* is the mean difference of the site's output (the
-attention module's result on the image-token side, before the residual add) between the donor and the
-base prompt of each of the concept's pairs: the conditional copy under CFG, at the same seed, averaged
-over pairs and seeds, **and over image positions**. Averaging over positions gives one vector per
+attention module's result on the image-token side, :func:`~multiloc.hooks.image_side`; IF's added-KV
+attention returns it with its residual added) between the donor and the base prompt of each of the
+concept's pairs: the conditional copy under CFG (the adapter's ``cond_copy``), at the same seed,
+averaged over pairs and seeds, **and over image positions**. Averaging over positions gives one vector per
 channel, as CAA and TADA add it: it broadcasts to any resolution or clip length and adds the concept
 everywhere, where a full map would be tied to the resolution it was measured at and to the layout of
 the seeds it came from. Generation then adds ``alpha * v[site, step]`` to every position of every row
@@ -175,7 +176,7 @@ def steering_vectors(model: Any, concept: Concept | str, *, sites: Any = None, s
                                guidance=guidance)
             for site in chosen:
                 for call, x in enumerate(store[site.name]):
-                    cond = x.view(-1, 2 * m, x.shape[-1])[-1].cpu()  # the conditional CFG copy
+                    cond = x.view(-1, 2 * m, x.shape[-1])[model.adapter.cond_copy].cpu()  # CFG's conditional copy
                     diff = (cond[m:] - cond[:m]).sum(0) / per_step
                     slot = sums[site.name]
                     slot[call // per_step] = slot.get(call // per_step, 0) + diff
