@@ -99,9 +99,14 @@ def test_alpha_zero_is_bit_identical_and_the_file_round_trips(planted, blue, tmp
     moved = generate(planted, ["a red cube"], seeds=[0], steps=2, modifiers=[Steer(back, 8.0, steps=2)])[0][0]
     assert abs(moved - plain).max() > 1e-4
     assert all(torch.equal(before[k], v) for k, v in planted.denoiser.state_dict().items())
-    # Another model's file: other weights (same family and sites), other widths.
+    # The same model with its conditioning projections edited (plant() zeroed them): still its file.
+    fresh = multiloc.load("tiny-sd")
+    check_steering(fresh, back)
+    # Another model's file: other weights at a site (same family and sites), other widths.
+    with torch.no_grad():
+        fresh.denoiser.get_submodule(back.sites[0]).to_q.weight.mul_(1.5)
     with pytest.raises(multiloc.UserError, match="whose weights at .* differ"):
-        check_steering(multiloc.load("tiny-sd"), back)
+        check_steering(fresh, back)
     with pytest.raises(multiloc.UserError, match="8 channels wide there, 32 in toy-shapes"):
         check_steering(multiloc.load("toy-shapes"), back)
 

@@ -19,7 +19,7 @@ import json
 import re
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import ExitStack, contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -73,14 +73,17 @@ class Steer:
     vectors: Any  # SteeringVectors | str | Path
     alpha: float
     steps: int | None = None
+    _checked: Any = field(default=None, init=False, repr=False, compare=False)  # the model checked against
 
     def load(self, model: Any) -> Any:
-        """The vectors, read if a path, checked against ``model``."""
+        """The vectors, read if a path, checked against ``model`` (once per model)."""
         from .steer import SteeringVectors, check_steering, read_steering
 
         if not isinstance(self.vectors, SteeringVectors):
             self.vectors = read_steering(self.vectors)
-        check_steering(model, self.vectors)
+        if self._checked is not model:
+            check_steering(model, self.vectors)
+            self._checked = model
         return self.vectors
 
     @contextmanager

@@ -19,7 +19,8 @@ concept and several bases of one other concept, or one donor and many bases, eac
 A steering file is a safetensors file: one ``(steps, channels)`` tensor per site, keyed by the site's
 name, and string metadata (``format`` ``multiloc.steer/1``, ``model``, ``adapter``, ``concept``,
 ``sites``, ``steps``, ``seeds``, ``guidance``, ``pairs``, ``targets``, ``original``: a fingerprint of
-each site's weights, so a file made for another model is refused, ``multiloc``: the version).
+each site's weights but its taps' (:func:`site_fingerprint`), so a file made for another model is
+refused, ``multiloc``: the version).
 
 Example::
 
@@ -131,9 +132,13 @@ def _position_mean(x: torch.Tensor) -> torch.Tensor:
     return x.mean(dim=tuple(range(1, x.dim() - 1))) if x.dim() > 2 else x
 
 
-def site_fingerprint(model: Any, site: str) -> list[float]:
-    """A fingerprint of the site module's weights (see :func:`~multiloc.control.weights.fingerprint`)."""
-    params = [p.detach().flatten() for p in model.denoiser.get_submodule(site).parameters()]
+def site_fingerprint(model: Any, site: Site) -> list[float]:
+    """A fingerprint of the site's own weights (see :func:`~multiloc.control.weights.fingerprint`): all but
+    its taps' (the projections reading the conditioning, which ``multiloc rewrite`` edits) and PEFT's
+    LoRA layers, so the vectors still apply with a weight edit or an unmerged LoRA, not to another model."""
+    taps = {t.path for t in site.taps if t.kwarg is None and t.path}
+    params = [p.detach().flatten() for name, p in model.denoiser.get_submodule(site.name).named_parameters()
+              if "lora_" not in name and name.split(".")[0] not in taps]
     return fingerprint(torch.cat(params)) if params else [0.0, 0.0]
 
 
@@ -186,7 +191,7 @@ def steering_vectors(model: Any, concept: Concept | str, *, sites: Any = None, s
     vectors = {name: torch.stack([by_step[k] for k in sorted(by_step)]) / n for name, by_step in sums.items()}
     return SteeringVectors(vectors=vectors, model=model.name, adapter=model.adapter.name, concept=concept.name,
                            seeds=seeds, guidance=float(guidance), pairs=len(pairs), targets=contrast(concept),
-                           original={s.name: site_fingerprint(model, s.name) for s in chosen})
+                           original={s.name: site_fingerprint(model, s) for s in chosen})
 
 
 def save_steering(path: str | Path, vectors: SteeringVectors) -> Path:
@@ -234,7 +239,7 @@ def check_steering(model: Any, vectors: SteeringVectors) -> None:
     if vectors.adapter != model.adapter.name:
         raise UserError(f"{where} was made for {vectors.model} (the {vectors.adapter} family); "
                         f"{model.name} is of the {model.adapter.name} family")
-    known = {s.name for s in model.sites}
+    known = {s.name: s for s in model.sites}
     for site, v in vectors.vectors.items():
         if site not in known:
             raise UserError(f"{where} steers site {site!r}, which {model.name} does not have; "
@@ -245,6 +250,6 @@ def check_steering(model: Any, vectors: SteeringVectors) -> None:
             raise UserError(f"{where} was made for {vectors.model}: {site} is {v.shape[-1]} channels wide there, "
                             f"{width} in {model.name}")
         old = vectors.original.get(site)
-        if old is not None and not _close(site_fingerprint(model, site), old):
+        if old is not None and not _close(site_fingerprint(model, known[site]), old):
             raise UserError(f"{where} was made for {vectors.model}, whose weights at {site} differ from "
                             f"{model.name}'s; compute the vectors for this model (multiloc steer)")

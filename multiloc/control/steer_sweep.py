@@ -94,10 +94,11 @@ def sweep(model: Any, vectors: SteeringVectors, localized: Sequence[str], prompt
         if not names:
             record["modes"][mode] = []  # every site is localized: nothing is left to steer
             continue
-        chosen = vectors.subset(names)
+        steer = Steer(vectors.subset(names), 0.0, steps)  # checked against the model once, alpha set per run
         rows = []
         for alpha in alphas:
-            outs = generate(model, prompts, modifiers=[Steer(chosen, alpha, steps)], progress=progress, **kwargs)
+            steer.alpha = alpha
+            outs = generate(model, prompts, modifiers=[steer], progress=progress, **kwargs)
             flat = [o for row in outs for o in row]
             scores = scorer.score(flat, [target] * len(flat))
             kept = [preservation(o, p, model.modality) for o, p in zip(flat, flat_plain)]
