@@ -163,11 +163,12 @@ def test_cli_steer_sweep_and_generate(tmp_path, capsys, one_thread):
     (["steer", "--concept", "toy-colour", "--alphas", "-4:4:x"], "is not lo:hi:n"),
     (["steer", "--concept", "toy-colour", "--alphas", "-4:4"], "is not lo:hi:n"),
     (["steer", "--concept", "toy-colour", "--prompt", "a"], "belong to the sweep"),
+    (["steer", "--concept", "toy-colour", "--save", "."], "is a directory"),
     (["steer", "--concept", "toy-colour", "--alphas", "0:1:2", "--prompt", "a", "--out", "o"], "pass --target"),
 ])
 def test_cli_bad_input_is_one_line_exit_2(argv, message, tmp_path, capsys):
-    argv = [argv[0], "--model", "toy-shapes", *argv[1:], "--save" if argv[0] == "steer" else "--out",
-            str(tmp_path / "x")]
+    where = "--save" if argv[0] == "steer" else "--out"
+    argv = [argv[0], "--model", "toy-shapes", *argv[1:], *([] if where in argv else [where, str(tmp_path / "x")])]
     try:
         code = main(argv)
     except SystemExit as e:  # argparse's own errors (a malformed number)

@@ -120,6 +120,8 @@ def cmd_steer(args: argparse.Namespace) -> int:
     sweeping = args.alphas is not None
     if not sweeping and (args.prompt or args.out or args.target):
         raise UserError("--prompt, --target and --out belong to the sweep: add --alphas lo:hi:n")
+    if Path(args.save).is_dir():
+        raise UserError(f"--save {args.save} is a directory; name the file, e.g. {Path(args.save) / 'steer.safetensors'}")
     alphas = parse_alphas(args.alphas) if sweeping else []
     if sweeping and not (args.prompt and args.out):
         raise UserError("--alphas sweeps: it needs --prompt P (repeatable) and --out DIR")
