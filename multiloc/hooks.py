@@ -198,8 +198,9 @@ def capture_outputs(denoiser: nn.Module, sites: Sequence[Site],
                     ) -> Iterator[dict[str, list[torch.Tensor]]]:
     """Record each site module's output, image-token side (:func:`image_side`), at every denoiser call.
 
-    ``reduce`` maps the output (batch, positions..., channels) to what is kept (e.g. the mean over
-    positions), so long runs need not hold full activation maps; kept tensors are detached.
+    ``reduce`` maps the output, (batch, positions, channels) (a pooled-embedding site: (batch,
+    channels)), to what is kept (e.g. the mean over positions), so long runs need not hold full
+    activation maps; kept tensors are detached.
 
     >>> with capture_outputs(unet, sites, reduce=lambda x: x.mean(1)) as store:
     ...     pipe(...)

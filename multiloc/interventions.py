@@ -1,10 +1,10 @@
 """Intervention plans: what replaces what, in which batch rows, at which denoising steps.
 
 A plan is a list of :class:`Patch`. Each patch rewrites the conditioning taps of one site (the
-outputs of e.g. ``to_k``/``to_v``), or with ``on="output"`` the site's own output (steering), in some
-*logical* batch rows. Rows are logical prompts: under
-classifier-free guidance the pipeline runs every row twice (unconditional and conditional copies)
-and a patch applies to each copy of its rows, taking each copy from the same copy of its source.
+outputs of e.g. ``to_k``/``to_v``), or with ``on="output"`` the site's own output (steering), in
+some *logical* batch rows. Rows are logical prompts: under classifier-free guidance the pipeline
+runs every row twice (unconditional and conditional copies) and a patch applies to each copy of its
+rows, taking each copy from the same copy of its source.
 
 That makes a sweep one batched generation: row 0 the donor, row *i* the base prompt with site *i*
 patched from row 0.
