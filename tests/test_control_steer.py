@@ -176,3 +176,20 @@ def test_cli_bad_input_is_one_line_exit_2(argv, message, tmp_path, capsys):
     assert code == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert err[-1].startswith("multiloc") and message in err[-1]
+
+
+def test_sweep_on_images_scores_blue_and_measures_preservation(one_thread):
+    from multiloc.control.steer_sweep import plot_sweep, sweep
+    from multiloc.localize import scorer_for
+
+    model = multiloc.load("toy-shapes")
+    concept = multiloc.Concept.load("toy-blue")
+    site = model.spec["localized"]["toy-colour"]
+    vectors = steering_vectors(model, concept, sites=site, seeds=1, steps=4)
+    record = sweep(model, vectors, site, ["a small red circle"], [0.0, 6.0], scorer=scorer_for(model, concept),
+                   target="blue", steps=4, modes=("localized",))
+    zero, six = record["modes"]["localized"]
+    assert list(record["modes"]) == ["localized"] and record["unsteered_score"] == zero["score"] == 0.0
+    assert zero["preservation"] == {"mse": 0.0, "ssim": 1.0}
+    assert six["score"] > 0.5 and six["preservation"]["mse"] > 0 and six["preservation"]["ssim"] < 1
+    assert plot_sweep(record)[:4] == b"\x89PNG"
