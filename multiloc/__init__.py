@@ -12,6 +12,7 @@ from . import control
 from .concepts import Concept, Pair
 from .control import rewrite
 from .control.edit import edit
+from .control.steer import steering_vectors as steer
 from .errors import UserError
 from .interventions import Patch, StepWindow
 from .localize import scan
@@ -23,6 +24,6 @@ from .sites import Site
 
 __all__ = [
     "Concept", "Model", "control", "Pair", "Patch", "Result", "Scorer", "Site", "StepWindow", "UserError",
-    "edit", "get_scorer", "load", "register_adapter", "register_scorer", "rewrite", "scan",
+    "edit", "get_scorer", "load", "register_adapter", "register_scorer", "rewrite", "scan", "steer",
 ]
 __version__ = "0.1.0"

@@ -318,7 +318,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    if getattr(args, "batch_size", 2) < 2:
+    if args.command == "scan" and args.batch_size < 2:
         print("multiloc scan: error: --batch-size must be at least 2 (the donor row and one patched row)",
               file=sys.stderr)
         return 2

@@ -12,6 +12,10 @@ Example::
 
     with capture_inputs(unet, ["mid_block.attentions.0.transformer_blocks.0.attn2.to_k"], n_rows=2) as ins:
         pipe(...)                     # the projection's inputs (the conditional copies), per step
+
+    with capture_outputs(unet, sites, reduce=lambda x: x.mean(1)) as store:
+        pipe(...)
+    store["up_blocks.0.attentions.2.transformer_blocks.1.attn2"]  # per call: the output, reduced
 """
 
 from __future__ import annotations
@@ -23,7 +27,7 @@ from contextlib import contextmanager
 import torch
 from torch import nn
 
-from .interventions import Patch, apply_patch, check_plan
+from .interventions import OUTPUT, Patch, apply_patch, check_plan
 from .sites import Site, Tap
 
 
@@ -83,17 +87,25 @@ def intervene(denoiser: nn.Module, sites: Sequence[Site], plan: Sequence[Patch],
     check_plan(plan, {s.name: s.heads for s in sites}, n_rows)
     counter = StepCounter(calls_per_step)
     per_tap: dict[tuple[str, str], list[Patch]] = defaultdict(list)
+    per_output: dict[str, list[Patch]] = defaultdict(list)
     for p in plan:
+        if p.on == OUTPUT:
+            per_output[p.site].append(p)
+            continue
         for tap in by_name[p.site].taps:
             per_tap[(p.site, _key(tap))].append(p)
 
+    def run(patches: list[Patch], key: str, out: torch.Tensor, tokens: tuple[int, int | None] | None,
+            heads: int | None, mask: bool = False) -> torch.Tensor:
+        step = counter.step
+        for p in patches:
+            if step in p.window:
+                out = apply_patch(p, key, out, n_rows, tokens, heads, mask)
+        return out
+
     def make_hook(site: Site, tap: Tap, patches: list[Patch]) -> Callable:
         def patched(out: torch.Tensor) -> torch.Tensor:
-            step = counter.step
-            for p in patches:
-                if step in p.window:
-                    out = apply_patch(p, tap.path, out, n_rows, tap.tokens, site.heads, tap.mask)
-            return out
+            return run(patches, tap.path, out, tap.tokens, site.heads, tap.mask)
 
         if tap.kwarg is None:
             return lambda module, args, out: patched(out)
@@ -105,6 +117,12 @@ def intervene(denoiser: nn.Module, sites: Sequence[Site], plan: Sequence[Patch],
 
         return pre_hook
 
+    def output_hook(site: Site, patches: list[Patch]) -> Callable:
+        def hook(module: nn.Module, args: tuple, out: object) -> object:
+            image, put = image_side(site, out)
+            return put(run(patches, OUTPUT, image, None, site.heads))
+        return hook
+
     forward, pre_kw = [], []
     for (site_name, tap_key), patches in per_tap.items():
         site = by_name[site_name]
@@ -114,8 +132,35 @@ def intervene(denoiser: nn.Module, sites: Sequence[Site], plan: Sequence[Patch],
             forward.append((module.get_submodule(tap.path), make_hook(site, tap, patches)))
         else:
             pre_kw.append((module, make_hook(site, tap, patches)))
+    forward += [(denoiser.get_submodule(name), output_hook(by_name[name], patches))
+                for name, patches in per_output.items()]
     with hooks(forward=forward, pre=[(denoiser, counter)], pre_kw=pre_kw):
         yield counter
+
+
+def image_side(site: Site, out: object) -> tuple[torch.Tensor, Callable[[torch.Tensor], object]]:
+    """The image-token side of a site module's output as (batch, positions, channels), and ``put(new)``
+    rebuilding the module's output with ``new`` in its place.
+
+    Joint attention returns ``(image, text)``: the image stream is the first. A FLUX single-stream
+    attention returns text and image positions in one sequence, the text first (the site's token range):
+    the image side is what follows it. An attention that returns a feature map (IF's added-KV attention:
+    (batch, channels, height, width)) is read channels last.
+    """
+    first = _first(out)
+    text = next((t.tokens for t in site.taps if t.tokens), None)
+    cut = text[1] if text else None
+    image = first if cut is None else first[:, cut:]
+    if image.dim() == 4:
+        image = image.flatten(2).transpose(1, 2).contiguous()
+
+    def put(new: torch.Tensor) -> object:
+        if first.dim() == 4:
+            new = new.transpose(1, 2).reshape(first.shape)
+        full = new if cut is None else torch.cat([first[:, :cut], new], dim=1)
+        return (full, *out[1:]) if isinstance(out, tuple) else full
+
+    return image, put
 
 
 def _key(tap: Tap) -> str:
@@ -178,6 +223,32 @@ def capture_inputs(denoiser: nn.Module, modules: Sequence[str], n_rows: int, cop
         return hook
 
     with hooks(pre=[(denoiser.get_submodule(m), make_hook(m)) for m in modules]):
+        yield store
+
+
+@contextmanager
+def capture_outputs(denoiser: nn.Module, sites: Sequence[Site],
+                    reduce: Callable[[torch.Tensor], torch.Tensor] | None = None,
+                    ) -> Iterator[dict[str, list[torch.Tensor]]]:
+    """Record each site module's output, image-token side (:func:`image_side`), at every denoiser call.
+
+    ``reduce`` maps the output, (batch, positions, channels) (a pooled-embedding site: (batch,
+    channels)), to what is kept (e.g. the mean over positions), so long runs need not hold full
+    activation maps; kept tensors are detached.
+
+    >>> with capture_outputs(unet, sites, reduce=lambda x: x.mean(1)) as store:
+    ...     pipe(...)
+    >>> store[sites[0].name][0].shape       # first call: (batch, channels)
+    """
+    store: dict[str, list[torch.Tensor]] = defaultdict(list)
+
+    def make_hook(site: Site) -> Callable:
+        def hook(module: nn.Module, args: tuple, out: object) -> None:
+            image = image_side(site, out)[0].detach()
+            store[site.name].append(reduce(image) if reduce else image.clone())
+        return hook
+
+    with hooks(forward=[(denoiser.get_submodule(s.name), make_hook(s)) for s in sites]):
         yield store
 
 

@@ -1,9 +1,10 @@
 """Intervention plans: what replaces what, in which batch rows, at which denoising steps.
 
 A plan is a list of :class:`Patch`. Each patch rewrites the conditioning taps of one site (the
-outputs of e.g. ``to_k``/``to_v``) in some *logical* batch rows. Rows are logical prompts: under
-classifier-free guidance the pipeline runs every row twice (unconditional and conditional copies)
-and a patch applies to each copy of its rows, taking each copy from the same copy of its source.
+outputs of e.g. ``to_k``/``to_v``), or with ``on="output"`` the site's own output (steering), in
+some *logical* batch rows. Rows are logical prompts: under classifier-free guidance the pipeline
+runs every row twice (unconditional and conditional copies) and a patch applies to each copy of its
+rows, taking each copy from the same copy of its source.
 
 That makes a sweep one batched generation: row 0 the donor, row *i* the base prompt with site *i*
 patched from row 0.
@@ -23,6 +24,10 @@ from dataclasses import dataclass
 import torch
 
 KINDS = ("inject", "ablate", "scale", "set", "add")
+# Where a patch acts: the site's conditioning taps (to_k/to_v outputs ...), or the site module's own
+# output on the image-token side (activation steering adds a vector there).
+TARGETS = ("taps", "output")
+OUTPUT = "output"  # the key of an output patch's ``set``/``add`` value
 
 
 @dataclass(frozen=True)
@@ -69,8 +74,14 @@ class Patch:
     ``heads`` limits the patch to those attention heads of the site: only their slices of the tap
     outputs (last dimension = heads x head_dim) change; ``None`` patches every head.
 
+    ``on="output"`` patches the site module's output instead of its taps: the image-token side of the
+    attention's result (joint attention: the image stream; FLUX single-stream: the positions after
+    the text). A ``set``/``add`` value is then keyed :data:`OUTPUT` and broadcasts over positions.
+
     >>> Patch("up_blocks.0.attentions.2.transformer_blocks.1.attn2", rows=(1,), source=0)
     >>> Patch("transformer_blocks.10.attn", rows=(1,), source=0, heads=(3,))   # one head of SD3's block 10
+    >>> Patch("transformer_blocks.0.attn2", rows=(0,), kind="add", on="output",
+    ...       value={OUTPUT: 2.0 * v}, window=StepWindow(3, 4))              # steer step 3 by 2 v
     """
 
     site: str
@@ -80,10 +91,15 @@ class Patch:
     value: float | Mapping[str, torch.Tensor] | None = None
     window: StepWindow = StepWindow()
     heads: tuple[int, ...] | None = None
+    on: str = "taps"
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
             raise ValueError(f"unknown patch kind {self.kind!r}; known: {', '.join(KINDS)}")
+        if self.on not in TARGETS:
+            raise ValueError(f"unknown patch target {self.on!r}; known: {', '.join(TARGETS)}")
+        if self.on == OUTPUT and self.heads is not None:
+            raise ValueError("an output patch acts on whole sites (the output mixes every head)")
         if self.kind == "inject" and self.source is None:
             raise ValueError("an inject patch needs a source row")
         if self.source is not None and self.source in self.rows:

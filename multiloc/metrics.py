@@ -1,4 +1,4 @@
-"""Metrics: how well a word was written (OCR text against a target) and how well an image was kept.
+"""Metrics: how well a word was written (OCR text against a target) and how well an image or clip was kept.
 
 Text metrics follow the code of the ICLR 2025 text-localization paper:
 
@@ -20,6 +20,7 @@ Example::
     char_prf("silent", "listen")                   # (1.0, 1.0, 1.0)
     corpus_scores(["cat", ""], ["cat", "dog"])     # {'precision': 0.5, 'recall': 0.5, 'f1': 0.5, ...}
     ssim(image, image), psnr(image, noisy), mse(image, noisy)
+    log_spectral_distance(clip, other_clip)         # audio: dB RMS between spectrograms
 """
 
 from __future__ import annotations
@@ -156,15 +157,18 @@ def ssim(a: Any, b: Any, data_range: float = 1.0) -> float:
 
 
 # --- audio ------------------------------------------------------------------------------------
+def _stft_db(x: np.ndarray, n_fft: int, hop: int, floor_db: float) -> np.ndarray:
+    """Hann-windowed STFT magnitudes in dB, floored at ``floor_db``: (..., frames, freqs) for (..., samples)."""
+    if x.shape[-1] < n_fft:
+        x = np.pad(x, [(0, 0)] * (x.ndim - 1) + [(0, n_fft - x.shape[-1])])
+    frames = np.lib.stride_tricks.sliding_window_view(x, n_fft, axis=-1)[..., ::hop, :] * np.hanning(n_fft)
+    return np.maximum(20 * np.log10(np.abs(np.fft.rfft(frames, axis=-1)) + 1e-12), floor_db)
+
+
 def log_spectrogram(audio: Any, n_fft: int = 256, hop: int = 64, floor_db: float = -80.0) -> np.ndarray:
     """Log-magnitude STFT of a clip (mono: channels averaged), in dB above ``floor_db``: (freqs, frames)."""
     y = np.asarray(audio, dtype=np.float64)
-    y = y.mean(axis=0) if y.ndim == 2 else y
-    if y.size < n_fft:
-        y = np.pad(y, (0, n_fft - y.size))
-    frames = np.lib.stride_tricks.sliding_window_view(y, n_fft)[::hop] * np.hanning(n_fft)
-    mag = np.abs(np.fft.rfft(frames, axis=-1)).T
-    return np.maximum(20 * np.log10(mag + 1e-10), floor_db)
+    return _stft_db(y.mean(axis=0) if y.ndim == 2 else y, n_fft, hop, floor_db).T
 
 
 def spectrogram_ssim(a: Any, b: Any, n_fft: int = 256, hop: int = 64, floor_db: float = -80.0) -> float:
@@ -180,3 +184,21 @@ def spectrogram_ssim(a: Any, b: Any, n_fft: int = 256, hop: int = 64, floor_db: 
         raise ValueError(f"clips differ in length: spectrograms {sa.shape} and {sb.shape}")
     top = max(sa.max(), sb.max())
     return ssim(sa - floor_db, sb - floor_db, data_range=max(top - floor_db, 1e-6))
+
+
+def log_spectral_distance(a: Any, b: Any, n_fft: int = 256) -> float:
+    """Root-mean-square difference in dB of two clips' magnitude spectrograms (0 for identical clips).
+
+    Hann-windowed frames of ``n_fft`` samples, hop ``n_fft // 2``; magnitudes floored at -100 dB so
+    silence does not dominate. Clips are mono or (channels, samples), compared over the shorter.
+
+    >>> log_spectral_distance(clip, clip)
+    0.0
+    """
+    n = min(np.shape(a)[-1], np.shape(b)[-1])
+
+    def spectrum(x: Any) -> np.ndarray:
+        x = np.asarray(x, dtype=np.float64).reshape(-1, np.shape(x)[-1])[:, :n]
+        return _stft_db(x, n_fft, n_fft // 2, -100.0)
+
+    return float(np.sqrt(np.mean((spectrum(a) - spectrum(b)) ** 2)))

@@ -5,8 +5,10 @@ site tables as :mod:`multiloc.localize`.
 - ``weights.py``: weight files (only the changed tensors + metadata), applied reversibly
 - ``edit.py``: one-pass output edits (only the chosen sites read the edited prompt), baselines, evaluation
 - ``sld.py``: Safe Latent Diffusion guidance for every CFG family (the ``sld`` baseline of ``edit``)
-- ``generate.py``: plain generation with modifiers (weight files; LoRA and steering slot in)
+- ``generate.py``: plain generation with modifiers (weight files, steering vectors; LoRA slots in)
 - ``rewrite.py``: closed-form key/value edits of the sites (``multiloc rewrite``), saved as weight files
+- ``steer.py``: activation-steering vectors (CAA) per site and step, steering files
+- ``steer_sweep.py``: the alpha sweep (localized / all / all-but-localized sites)
 - ``commands.py``: the CLI commands
 
 Example::
@@ -17,10 +19,12 @@ Example::
 """
 
 from .edit import EditRun, edit, evaluate, parse_pairs
-from .generate import Weights, generate
+from .generate import Steer, Weights, generate
 from .rewrite import rewrite
+from .steer import SteeringVectors, read_steering, save_steering, steering_vectors
 from .targets import published_sites, resolve_sites
 from .weights import WeightFile, applied, apply, read_weights, save_weights
 
-__all__ = ["EditRun", "WeightFile", "Weights", "applied", "apply", "edit", "evaluate", "generate",
-           "parse_pairs", "published_sites", "read_weights", "resolve_sites", "rewrite", "save_weights"]
+__all__ = ["EditRun", "Steer", "SteeringVectors", "WeightFile", "Weights", "applied", "apply", "edit", "evaluate",
+           "generate", "parse_pairs", "published_sites", "read_steering", "read_weights", "resolve_sites",
+           "rewrite", "save_steering", "save_weights", "steering_vectors"]

@@ -1,4 +1,4 @@
-"""The control commands of the ``multiloc`` CLI (``generate`` ...): parsers and handlers.
+"""The control commands of the ``multiloc`` CLI (``generate``, ``steer`` ...): parsers and handlers.
 
 Each command adds its parser in :func:`add_commands`; the options every control command shares
 (the model, its device and settings, seeds) come from :func:`model_options` and :func:`load_model`,
@@ -8,6 +8,10 @@ so they read and fail the same way everywhere.
 from __future__ import annotations
 
 import argparse
+import json
+import math
+import re
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -47,11 +51,24 @@ def seed_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seeds", type=_positive("--seeds"), default=1, help="how many seeds, from --seed on (default: 1)")
 
 
+def number(name: str):
+    """An argparse type: a finite float, else a one-line error naming the option."""
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{name} must be a number, got {text!r}") from None
+        if not math.isfinite(value):
+            raise argparse.ArgumentTypeError(f"{name} must be a finite number, got {text!r}")
+        return value
+    return parse
+
+
 # --- generate ---------------------------------------------------------------------------------
 def modifiers_from_args(args: argparse.Namespace, model: Any) -> list[Any]:
-    """The modifiers ``--weights`` (and, as they land, ``--lora`` / ``--steer``) ask for, checked
-    against ``model`` before any generation runs."""
-    from .generate import Weights
+    """The modifiers ``--weights`` and ``--steer``/``--alpha`` (and, as it lands, ``--lora``) ask for,
+    checked against ``model`` before any generation runs."""
+    from .generate import Steer, Weights
     from .weights import check_weights, read_weights
 
     mods: list[Any] = []
@@ -59,12 +76,25 @@ def modifiers_from_args(args: argparse.Namespace, model: Any) -> list[Any]:
         for path in args.weights:
             check_weights(model, read_weights(path))
         mods.append(Weights(args.weights))
+    if args.steer:
+        steer = Steer(args.steer, args.alpha, args.steps)
+        steer.load(model)
+        mods.append(steer)
     return mods
+
+
+def check_steer_args(args: argparse.Namespace) -> None:
+    """``--steer`` and ``--alpha`` come together (before the model loads: a typo fails in a second)."""
+    from ..errors import UserError
+
+    if (args.steer is None) != (args.alpha is None):
+        raise UserError("--steer FILE and --alpha A go together")
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
     from .generate import generate, save_generations
 
+    check_steer_args(args)
     model = load_model(args)
     modifiers = modifiers_from_args(args, model)
     seeds = seed_list(args)
@@ -189,6 +219,78 @@ def cmd_rewrite(args: argparse.Namespace) -> int:
     return 0
 
 
+# --- steer ------------------------------------------------------------------------------------
+def cmd_steer(args: argparse.Namespace) -> int:
+    from ..concepts import Concept
+    from ..errors import UserError
+    from ..localize import scorer_for
+    from ..results import write_atomic
+    from .steer import contrast, save_steering, steering_vectors
+    from .steer_sweep import parse_alphas, plot_sweep, sweep
+    from .targets import resolve_sites
+
+    # Everything a user can get wrong fails before the model loads or any generation runs.
+    sweeping = args.alphas is not None
+    if not sweeping and (args.prompt or args.out or args.target):
+        raise UserError("--prompt, --target and --out belong to the sweep: add --alphas lo:hi:n")
+    if Path(args.save).is_dir():
+        raise UserError(f"--save {args.save} is a directory; name the file, e.g. {Path(args.save) / 'steer.safetensors'}")
+    alphas = parse_alphas(args.alphas) if sweeping else []
+    if sweeping and not (args.prompt and args.out):
+        raise UserError("--alphas sweeps: it needs --prompt P (repeatable) and --out DIR")
+    concept = Concept.load(args.concept)
+    targets = contrast(concept)
+    if len(targets) > 1:
+        print(f"warning: the pairs of {concept.name!r} move towards {len(targets)} targets ({', '.join(targets)}); "
+              "a steering vector then points from the bases' mean, not to one concept (README 'Steering')",
+              file=sys.stderr)
+    target = args.target or (targets[0] if len(targets) == 1 else None)
+    if sweeping and target is None:
+        raise UserError(f"the sweep scores one target and {concept.name!r} has {len(targets) or 'no'} targets: "
+                        "pass --target")
+    model = load_model(args)
+    chosen = resolve_sites(model, args.sites, concept=concept.name)
+    scorer = scorer_for(model, concept) if sweeping else None
+    vectors = steering_vectors(model, concept, sites=model.sites if sweeping else chosen, seeds=seed_list(args),
+                               steps=args.steps, guidance=args.guidance, batch_size=args.batch_size,
+                               progress=not args.quiet)
+    names = [s.name for s in chosen]
+    path = save_steering(args.save, vectors.subset(names))
+    print(f"wrote {path}: {len(names)} sites x {vectors.steps} steps of {concept.name!r} vectors "
+          f"({len(concept.pairs)} pairs x {args.seeds} seeds)")
+    if sweeping:
+        record = sweep(model, vectors, names, args.prompt, alphas, scorer=scorer, target=target,
+                       seeds=seed_list(args), steps=args.steps, guidance=args.guidance, progress=not args.quiet)
+        out = Path(args.out)
+        write_atomic(out / "sweep.json", json.dumps(record, indent=2) + "\n")
+        write_atomic(out / "sweep.png", plot_sweep(record))
+        print(sweep_table(record))
+        print(f"wrote {out / 'sweep.json'} and sweep.png")
+    return 0
+
+
+def sweep_table(record: dict[str, Any]) -> str:
+    """The sweep as a text table: alpha, then per mode the score, the preservation (and ``kept``)."""
+    modes = [m for m, rows in record["modes"].items() if rows]
+    first = record["modes"][modes[0]][0]
+    metric = next(iter(first["preservation"]))
+    kept = "kept" in first
+    cols = [metric] + (["kept"] if kept else [])
+    head = f"{'alpha':>7}" + "".join(f" | {m[:17]:<17}" + "".join(f" {c:>7}" for c in cols) for m in modes)
+    lines = [f"score = {record['target']!r} by the concept's scorer (unsteered {record['unsteered_score']:.3f}); "
+             f"{metric} to the unsteered output"
+             + (f"; kept = the prompt's other attribute (unsteered {record['unsteered_kept']:.3f})" if kept else ""),
+             head]
+    for i, alpha in enumerate(record["alphas"]):
+        cells = ""
+        for m in modes:
+            row = record["modes"][m][i]
+            cells += f" | {row['score']:<17.3f} {row['preservation'][metric]:>7.3g}"
+            cells += f" {row['kept']:>7.3f}" if kept else ""
+        lines.append(f"{alpha:>7.2f}{cells}")
+    return "\n".join(lines)
+
+
 def add_commands(sub: Any) -> None:
     """Add the control commands to the ``multiloc`` sub-parsers."""
     p = sub.add_parser("edit", help="one-pass output edit: only the chosen sites read the edited prompt "
@@ -225,6 +327,9 @@ def add_commands(sub: Any) -> None:
     p.add_argument("--prompt", action="append", required=True, help="a prompt; repeatable")
     p.add_argument("--weights", action="append", metavar="FILE",
                    help="a weight file from `multiloc rewrite`, applied for this run; repeatable")
+    p.add_argument("--steer", metavar="FILE", help="a steering file from `multiloc steer`, added --alpha times")
+    p.add_argument("--alpha", type=number("--alpha"), help="how many times the steering vectors are added "
+                   "(0: plain generation; negative: away from the concept)")
     seed_options(p)
     p.add_argument("--batch-size", type=_positive("--batch-size"), default=8, help="prompts per generation (default: 8)")
     p.add_argument("--out", required=True, help="output directory")
@@ -253,3 +358,23 @@ def add_commands(sub: Any) -> None:
     p.add_argument("--save", required=True, metavar="FILE.safetensors", help="the weight file to write")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_rewrite)
+    p = sub.add_parser("steer", help="activation-steering vectors (CAA) of a concept at chosen sites; "
+                       "optionally an alpha sweep")
+    model_options(p)
+    p.add_argument("--concept", required=True, help="concept name or YAML: its pairs should all move the same way "
+                   "(one donor concept, bases of another), see README 'Steering'")
+    p.add_argument("--sites", help=SITES_HELP)
+    seed_options(p)
+    p.add_argument("--batch-size", type=_positive("--batch-size"), default=8,
+                   help="prompt pairs per generation (default: 8)")
+    p.add_argument("--save", required=True, metavar="FILE", help="where the vectors go (.safetensors)")
+    p.add_argument("--alphas", help="also sweep alpha: lo:hi:n (e.g. -4:4:9) or a comma list; for each alpha "
+                   "score and preservation, steering the sites, all sites, and all but the sites")
+    p.add_argument("--prompt", action="append", help="a prompt the sweep steers; repeatable (needs --alphas)")
+    p.add_argument("--target", help="what the sweep scores for (default: the concept's one target)")
+    p.add_argument("--out", help="the sweep's directory: sweep.json, sweep.png (needs --alphas)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_steer)
+    # `--alphas -4:4:9` must read as a value, not as an unknown option: argparse takes only plain
+    # negative numbers (-4, -0.5) for values; this parser has no option that starts with a digit.
+    p._negative_number_matcher = re.compile(r"^-\.?\d")

@@ -1,4 +1,4 @@
-"""Plain generation with control applied: weight files now; LoRA adapters and steering slot in.
+"""Plain generation with control applied: weight files and steering vectors (LoRA adapters slot in).
 
 A *modifier* is anything that changes how a model generates, for the duration of a ``with`` block:
 ``modifier.applied(model)`` is a context manager that yields either ``None`` or a function
@@ -9,7 +9,7 @@ Everything a modifier changed is undone when the block ends, also on an exceptio
 Example::
 
     outs = generate(model, ["a red circle", "a blue square"], seeds=[0, 1],
-                    modifiers=[Weights(["edit.safetensors"])])
+                    modifiers=[Weights(["edit.safetensors"]), Steer("blue.safetensors", alpha=2.0)])
     outs[1][0]          # seed 1, first prompt
 """
 
@@ -19,7 +19,7 @@ import json
 import re
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import ExitStack, contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -57,6 +57,47 @@ class Weights:
 
     def describe(self) -> dict[str, Any]:
         return {"weights": [str(p) for p in self.paths]}
+
+
+@dataclass
+class Steer:
+    """Steering vectors (``multiloc steer`` output, or a :class:`~multiloc.control.steer.SteeringVectors`)
+    added ``alpha`` times at their sites, in every row and step.
+
+    ``steps``: the steps the generation runs (default: the model's), so each step takes the vector of
+    the same point of the schedule. ``alpha`` 0 leaves the outputs bit-identical.
+
+    >>> generate(model, ["slow low sine notes"], modifiers=[Steer("saw.safetensors", alpha=4.0)])
+    """
+
+    vectors: Any  # SteeringVectors | str | Path
+    alpha: float
+    steps: int | None = None
+    _checked: Any = field(default=None, init=False, repr=False, compare=False)  # the model checked against
+
+    def load(self, model: Any) -> Any:
+        """The vectors, read if a path, checked against ``model`` (once per model)."""
+        from .steer import SteeringVectors, check_steering, read_steering
+
+        if not isinstance(self.vectors, SteeringVectors):
+            self.vectors = read_steering(self.vectors)
+        if self._checked is not model:
+            check_steering(model, self.vectors)
+            self._checked = model
+        return self.vectors
+
+    @contextmanager
+    def applied(self, model: Any) -> Iterator[PlanFn]:
+        vectors = self.load(model)
+        steps = self.steps or model.settings["steps"]
+        yield lambda n_rows: vectors.plan(n_rows, self.alpha, steps)
+
+    def describe(self) -> dict[str, Any]:
+        from .steer import SteeringVectors
+
+        v = self.vectors
+        source = str(v.path or v.concept) if isinstance(v, SteeringVectors) else str(v)
+        return {"steer": source, "alpha": float(self.alpha)}
 
 
 def generate(model: Any, prompts: Sequence[str], *, seeds: Sequence[int] = (0,),

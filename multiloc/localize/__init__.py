@@ -46,6 +46,25 @@ EFFECTS = {
 }
 
 
+def scorer_for(model: Model, concept: Concept, scorer: str | Scorer | None = None,
+               scorer_options: dict[str, Any] | None = None) -> Scorer:
+    """The scorer for ``concept`` on ``model`` (the concept's own unless ``scorer`` names or is one),
+    checked against the model's modality; audio scorers learn the model's sample rate.
+
+    >>> scorer_for(multiloc.load("toy-tones"), Concept.load("toy-instrument")).name
+    'instrument'
+    """
+    if scorer is None or isinstance(scorer, str):
+        options = {**(concept.scorer_options if scorer is None else {}), **(scorer_options or {})}
+        scorer = get_scorer(scorer or concept.scorer, **options)
+    if hasattr(scorer, "sample_rate") and not scorer.sample_rate:
+        scorer.sample_rate = model.sample_rate  # audio scorers learn the rate of the model's clips
+    for what, modality in (("concept", concept.modality), (f"scorer {scorer.name!r}", scorer.modality)):
+        if modality not in ("any", model.modality):
+            raise UserError(f"{what} is for {modality}, but {model.name} makes {model.modality}")
+    return scorer
+
+
 def scan(model: Model | Any, concept: Concept | str, method: str = "patch", *, seeds: int = 2,
          steps: int | None = None, guidance: float | None = None, batch_size: int = 8,
          sites: str | Sequence[str] | None = None, step_window: str | StepWindow | None = None,
@@ -102,14 +121,7 @@ def scan(model: Model | Any, concept: Concept | str, method: str = "patch", *, s
         model = load(model)
     if not isinstance(concept, Concept):
         concept = Concept.load(concept)
-    if scorer is None or isinstance(scorer, str):
-        options = {**(concept.scorer_options if scorer is None else {}), **(scorer_options or {})}
-        scorer = get_scorer(scorer or concept.scorer, **options)
-    if hasattr(scorer, "sample_rate") and not scorer.sample_rate:
-        scorer.sample_rate = model.sample_rate  # audio scorers learn the rate of the model's clips
-    for what, modality in (("concept", concept.modality), (f"scorer {scorer.name!r}", scorer.modality)):
-        if modality not in ("any", model.modality):
-            raise UserError(f"{what} is for {modality}, but {model.name} makes {model.modality}")
+    scorer = scorer_for(model, concept, scorer, scorer_options)
     try:
         window = step_window if isinstance(step_window, StepWindow) else StepWindow.parse(step_window)
     except ValueError as e:
