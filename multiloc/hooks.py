@@ -264,7 +264,7 @@ def _token_norm(x: torch.Tensor) -> torch.Tensor:
 
 
 @contextmanager
-def contributions(denoiser: nn.Module, sites: Sequence[Site], masks: torch.Tensor,
+def contributions(denoiser: nn.Module, sites: Sequence[Site], masks: torch.Tensor, copy: int = -1,
                   ) -> Iterator[dict[str, list[torch.Tensor]]]:
     """Per site and denoiser call, the size of the attention output that flows from masked tokens.
 
@@ -274,7 +274,8 @@ def contributions(denoiser: nn.Module, sites: Sequence[Site], masks: torch.Tenso
     exactly W_O · Σ_{j ∈ concept} A[i, j] V[j] (bias and residual cancel), computed by the model's
     own attention code, so masks, norms and concatenated keys are handled as the model handles them;
     no attention map is stored. The store maps a site to one (rows,) tensor per call: the mean over
-    output positions of its norm, for the conditional copy of each row (the last CFG copy).
+    output positions of its norm, for the conditional copy of each row: CFG copy ``copy`` (the
+    adapter's ``conditional_copy``; most pipelines put it last).
     """
     n_rows = masks.shape[0]
     store: dict[str, list[torch.Tensor]] = defaultdict(list)
@@ -307,7 +308,8 @@ def contributions(denoiser: nn.Module, sites: Sequence[Site], masks: torch.Tenso
             finally:
                 mode["site"] = mode["what"] = None
             diff = _first(concept) - _first(zero)
-            store[site.name].append(_token_norm(diff)[-n_rows:].cpu())
+            norms = _token_norm(diff)
+            store[site.name].append(norms.view(-1, n_rows)[copy].cpu())
         return hook
 
     forward = []

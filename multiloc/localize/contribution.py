@@ -52,7 +52,7 @@ def contribution_scores(model: Model, concept: Concept, sites: Sequence[Site], *
     for k, seed in enumerate(seeds):
         for start in starts:
             rows = slice(start, start + batch_size)
-            with contributions(model.denoiser, sites, masks[rows]) as store:
+            with contributions(model.denoiser, sites, masks[rows], model.adapter.conditional_copy) as store:
                 model.generate(donors[rows], seed=seed, steps=steps, guidance=guidance)
             for j, site in enumerate(sites):
                 out[rows, k, j] = torch.stack(store[site.name]).mean(dim=0).numpy()
