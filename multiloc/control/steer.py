@@ -48,7 +48,7 @@ from ..interventions import OUTPUT, Patch, StepWindow
 from ..results import write_atomic
 from ..sites import Site
 from .targets import resolve_sites
-from .weights import _close, fingerprint
+from .weights import _close, fingerprint, read_tagged
 
 FORMAT = "multiloc.steer/1"
 
@@ -206,19 +206,7 @@ def save_steering(path: str | Path, vectors: SteeringVectors) -> Path:
 
 def read_steering(path: str | Path) -> SteeringVectors:
     """Read a steering file; anything that is not one is a one-line :class:`UserError`."""
-    from safetensors import SafetensorError, safe_open
-
-    path = Path(path)
-    if not path.is_file():
-        raise UserError(f"steering file {path} does not exist")
-    try:
-        with safe_open(str(path), framework="pt") as f:
-            meta = f.metadata() or {}
-            tensors = {k: f.get_tensor(k) for k in f.keys()}
-    except (SafetensorError, OSError, ValueError, RuntimeError) as e:
-        raise UserError(f"{path} is not a safetensors file ({str(e).splitlines()[0][:80]})") from None
-    if meta.get("format") != FORMAT:
-        raise UserError(f"{path} is a safetensors file but not a multiloc steering file (made by multiloc steer)")
+    tensors, meta = read_tagged(path, FORMAT, "steering file", " (made by multiloc steer)")
     try:
         sites = json.loads(meta["sites"])
         vectors = SteeringVectors(vectors={s: tensors[s] for s in sites}, model=meta["model"],

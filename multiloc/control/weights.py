@@ -101,22 +101,29 @@ def save_weights(path: str | Path, weights: WeightFile) -> Path:
     return path
 
 
-def read_weights(path: str | Path) -> WeightFile:
-    """Read a weight file; anything that is not one is a one-line :class:`UserError`."""
+def read_tagged(path: str | Path, fmt: str, what: str, hint: str) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """The tensors and metadata of a multiloc safetensors file whose ``format`` is ``fmt``; a missing
+    file, a file that is not safetensors or one of another format is a one-line :class:`UserError`
+    (``what`` names the kind of file, ``hint`` what to do with another one)."""
     from safetensors import SafetensorError, safe_open
 
     path = Path(path)
     if not path.is_file():
-        raise UserError(f"weight file {path} does not exist")
+        raise UserError(f"{what} {path} does not exist")
     try:
         with safe_open(str(path), framework="pt") as f:
             meta = f.metadata() or {}
             tensors = {k: f.get_tensor(k) for k in f.keys()}
     except (SafetensorError, OSError, ValueError, RuntimeError) as e:
         raise UserError(f"{path} is not a safetensors file ({str(e).splitlines()[0][:80]})") from None
-    if meta.get("format") != FORMAT:
-        raise UserError(f"{path} is a safetensors file but not a multiloc weight file (made by multiloc "
-                        "rewrite); a LoRA folder goes to --lora")
+    if meta.get("format") != fmt:
+        raise UserError(f"{path} is a safetensors file but not a multiloc {what}{hint}")
+    return tensors, meta
+
+
+def read_weights(path: str | Path) -> WeightFile:
+    """Read a weight file; anything that is not one is a one-line :class:`UserError`."""
+    tensors, meta = read_tagged(path, FORMAT, "weight file", " (made by multiloc rewrite); a LoRA folder goes to --lora")
     try:
         return WeightFile(tensors=tensors, kind=meta["kind"], model=meta["model"], adapter=meta["adapter"],
                           sites=json.loads(meta["sites"]), details=json.loads(meta["details"]),
