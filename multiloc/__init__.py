@@ -10,6 +10,7 @@ Example::
 
 from . import control
 from .concepts import Concept, Pair
+from .control import finetune
 from .errors import UserError
 from .interventions import Patch, StepWindow
 from .localize import scan
@@ -21,6 +22,6 @@ from .sites import Site
 
 __all__ = [
     "Concept", "Model", "control", "Pair", "Patch", "Result", "Scorer", "Site", "StepWindow", "UserError",
-    "get_scorer", "load", "register_adapter", "register_scorer", "scan",
+    "finetune", "get_scorer", "load", "register_adapter", "register_scorer", "scan",
 ]
 __version__ = "0.1.0"

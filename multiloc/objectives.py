@@ -69,9 +69,10 @@ class DDPMObjective(Objective):
             raise UserError(f"prediction type {self.name!r} of {type(scheduler).__name__} has no training objective here")
 
     def noise(self, x0: torch.Tensor, gen: torch.Generator) -> Noised:
-        noise = torch.randn(x0.shape, generator=gen)
+        noise = torch.randn(x0.shape, generator=gen).to(x0.device)  # drawn on the CPU: the same on any device
         t = torch.randint(self.steps, (x0.shape[0],), generator=gen)
-        a = _view(self.alphas[t], x0)
+        a = _view(self.alphas[t], x0).to(x0.device)
+        t = t.to(x0.device)
         xt = a.sqrt() * x0 + (1 - a).sqrt() * noise
         target = {"epsilon": noise, "sample": x0, "v_prediction": a.sqrt() * noise - (1 - a).sqrt() * x0}[self.name]
         return Noised(xt, t, lambda pred: torch.nn.functional.mse_loss(pred, target))
@@ -86,8 +87,8 @@ class FlowObjective(Objective):
         self.steps = scheduler.config.num_train_timesteps
 
     def noise(self, x0: torch.Tensor, gen: torch.Generator) -> Noised:
-        noise = torch.randn(x0.shape, generator=gen)
-        s = torch.rand(x0.shape[0], generator=gen)
+        noise = torch.randn(x0.shape, generator=gen).to(x0.device)
+        s = torch.rand(x0.shape[0], generator=gen).to(x0.device)
         xs = (1 - _view(s, x0)) * x0 + _view(s, x0) * noise
         return Noised(xs, s * self.steps, lambda pred: torch.nn.functional.mse_loss(pred, noise - x0))
 
@@ -104,8 +105,8 @@ class EDMObjective(Objective):
 
     def noise(self, x0: torch.Tensor, gen: torch.Generator) -> Noised:
         sched = self.scheduler
-        noise = torch.randn(x0.shape, generator=gen)
-        sigma = _view((torch.randn(x0.shape[0], generator=gen) * self.p_std + self.p_mean).exp(), x0)
+        noise = torch.randn(x0.shape, generator=gen).to(x0.device)
+        sigma = _view((torch.randn(x0.shape[0], generator=gen) * self.p_std + self.p_mean).exp(), x0).to(x0.device)
         noisy = x0 + sigma * noise
         weight = (sigma ** 2 + self.sigma_data ** 2) / (sigma * self.sigma_data) ** 2  # unit loss at every sigma
 

@@ -3,7 +3,8 @@ site tables as :mod:`multiloc.localize`.
 
 - ``targets.py``: which sites (a spec, a scan's result, or the model's published sites)
 - ``weights.py``: weight files (only the changed tensors + metadata), applied reversibly
-- ``generate.py``: plain generation with modifiers (weight files; LoRA and steering slot in)
+- ``generate.py``: plain generation with modifiers (weight files, LoRA; steering slots in)
+- ``finetune.py``: LoRA on the chosen sites (``lora.py``: its files; ``data.py``: the training folder)
 - ``commands.py``: the CLI commands
 
 Example::
@@ -13,9 +14,11 @@ Example::
         images = multiloc.control.generate(model, ["a cat"], seeds=[0])
 """
 
-from .generate import Weights, generate
+from .finetune import finetune
+from .generate import Lora, Weights, generate
+from .lora import lora_applied
 from .targets import published_sites, resolve_sites
 from .weights import WeightFile, applied, apply, read_weights, save_weights
 
-__all__ = ["WeightFile", "Weights", "applied", "apply", "generate", "published_sites", "read_weights",
-           "resolve_sites", "save_weights"]
+__all__ = ["Lora", "WeightFile", "Weights", "applied", "apply", "finetune", "generate", "lora_applied",
+           "published_sites", "read_weights", "resolve_sites", "save_weights"]
