@@ -86,7 +86,7 @@ def attached(model: Any, config: Any, seed: int = 0) -> Iterator[list[torch.nn.P
     grads = {n: p.requires_grad for n, p in denoiser.named_parameters()}
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        denoiser.add_adapter(config, adapter_name=ADAPTER)
+        _inject(denoiser, config)
     try:
         denoiser.requires_grad_(False)
         params = [p for n, p in denoiser.named_parameters() if f".{ADAPTER}." in n and "lora_" in n]
@@ -99,13 +99,31 @@ def attached(model: Any, config: Any, seed: int = 0) -> Iterator[list[torch.nn.P
             p.requires_grad_(grads.get(n, p.requires_grad))
 
 
+def _inject(denoiser: Any, config: Any) -> None:
+    """Wrap ``config``'s modules with multiloc's adapter: diffusers' ``add_adapter`` where the denoiser
+    has it, else PEFT's ``inject_adapter_in_model`` (PixArt, Stable Audio denoisers lack the mixin)."""
+    if hasattr(denoiser, "add_adapter"):
+        denoiser.add_adapter(config, adapter_name=ADAPTER)
+        return
+    from peft import inject_adapter_in_model
+
+    inject_adapter_in_model(config, denoiser, adapter_name=ADAPTER)
+    denoiser.peft_config = {**getattr(denoiser, "peft_config", {}), ADAPTER: config}
+
+
 def _remove(denoiser: Any) -> None:
     """Take multiloc's adapter off; the base layers come back as they were (never merged)."""
-    others = [a for a in getattr(denoiser, "peft_config", {}) if a != ADAPTER]
-    if others:
+    if ADAPTER not in getattr(denoiser, "peft_config", {}):
+        return
+    if len(denoiser.peft_config) > 1 and hasattr(denoiser, "delete_adapters"):  # keep the user's own adapters
         denoiser.delete_adapters(ADAPTER)
-    elif hasattr(denoiser, "peft_config"):
-        denoiser.unload_lora()
+        return
+    from diffusers.utils import recurse_remove_peft_layers
+
+    recurse_remove_peft_layers(denoiser)  # what diffusers' unload_lora does
+    del denoiser.peft_config
+    if getattr(denoiser, "_hf_peft_config_loaded", None):
+        denoiser._hf_peft_config_loaded = None
 
 
 def lora_state(model: Any) -> dict[str, torch.Tensor]:
@@ -236,7 +254,7 @@ def _load(model: Any, record: dict[str, Any]) -> None:
     except Exception as e:  # noqa: BLE001 - a damaged folder: one line, not a traceback
         _remove(model.denoiser)
         raise UserError(f"cannot load the LoRA {path} ({str(e).splitlines()[0][:100] if str(e) else type(e).__name__})") from None
-    model.denoiser.add_adapter(config, adapter_name=ADAPTER)
+    _inject(model.denoiser, config)
     try:
         set_lora_state(model, state)
     except BaseException:
