@@ -126,6 +126,13 @@ def _remove(denoiser: Any) -> None:
         denoiser._hf_peft_config_loaded = None
 
 
+def wrapped(model: Any) -> list[str]:
+    """Paths of the denoiser's modules a LoRA wraps now (sorted)."""
+    from peft.tuners.lora import LoraLayer
+
+    return sorted(n for n, m in model.denoiser.named_modules() if isinstance(m, LoraLayer))
+
+
 def lora_state(model: Any) -> dict[str, torch.Tensor]:
     """The attached adapter's tensors, keyed by module path (PEFT's ``get_peft_model_state_dict``)."""
     from peft.utils import get_peft_model_state_dict
@@ -179,7 +186,7 @@ def save_lora(out: str | Path, model: Any, config: Any, info: dict[str, Any]) ->
                 save({PEFT_PREFIX + k: v.contiguous() for k, v in state.items()}))
         for f in Path(tmp).iterdir():
             f.replace(out / f.name)
-    modules = sorted(config.target_modules)
+    modules = wrapped(model)  # not config.target_modules: PEFT may shorten a long list to suffixes
     record = {"format": FORMAT, "lora_format": fmt, "model": model.name, "adapter": model.adapter.name,
               **info, "modules": modules,
               "original": {m: fingerprint(model.denoiser.get_submodule(m).weight) for m in modules}}
