@@ -136,7 +136,8 @@ def main() -> None:
                 with lora_applied(model, out):
                     runs.append({"params": info["trainable_params"], "train_s": time.perf_counter() - t0,
                                  **evaluate(model, base_keep, seeds)})
-                print(f"{name:12s} seed {seed}: {len(sites)} site(s) {runs[-1]}", flush=True)
+                where = sorted(s.index for s in model.sites if s.name in sites)
+                print(f"{name:12s} seed {seed}: sites {where} {runs[-1]}", flush=True)
             rows[name] = {k: float(np.mean([r[k] for r in runs])) for k in runs[0]}
     print(f"\nbase diversity on the cyan prompts: {diversity(base_target):.4f}")
     print(f"{args.steps} steps, lr {args.lr}, batch {args.batch_size}, rank 4 on q/k/v/out, "

@@ -99,6 +99,7 @@ def add_commands(sub: Any) -> None:
 
     p = sub.add_parser("finetune", help="train a LoRA on exactly the localized sites (PEFT; rerun to resume)")
     model_options(p, sampling=False)
+    p.set_defaults(dtype="float32")  # training: fp32 base weights unless asked (the LoRA is fp32 always)
     p.add_argument("--data", required=True, metavar="DIR",
                    help="training folder: files plus metadata.jsonl lines {\"file_name\": ..., \"text\": ...}")
     p.add_argument("--sites", help=SITES_HELP)
@@ -119,8 +120,10 @@ def add_commands(sub: Any) -> None:
 
 
 def cmd_finetune(args: argparse.Namespace) -> int:
+    from .data import read_metadata
     from .finetune import finetune
 
+    read_metadata(args.data)  # a bad folder fails before the model loads
     model = load_model(args)
     targets = [t.strip() for t in args.targets.split(",") if t.strip()]
     out = finetune(model, args.data, sites=args.sites, concept=args.concept, rank=args.rank, targets=targets,

@@ -67,8 +67,9 @@ def finetune(model: Any, data: str | Path, *, sites: Any = None, concept: str | 
     objective = objective_for(model.pipe.scheduler)
     samples, captions = load_folder(model, data)
     latents, cond, rows = _encode(model, samples, captions)
+    dtype = model.denoiser.dtype  # the objective works in float32; the denoiser reads its own dtype
     with torch.no_grad():  # fails fast (unsupported family, mismatched shapes) before any training
-        model.adapter.denoise(model.pipe, latents[:1], objective.noise(latents[:1], torch.Generator()).t,
+        model.adapter.denoise(model.pipe, latents[:1].to(dtype), objective.noise(latents[:1], torch.Generator()).t,
                               {k: v[rows[:1]] for k, v in cond.items()})
     out = Path(out)
     run = {"model": model.name, "sites": [s.name for s in chosen], "rank": rank, "targets": list(targets),
@@ -83,8 +84,9 @@ def finetune(model: Any, data: str | Path, *, sites: Any = None, concept: str | 
         for step in range(start, steps):
             pick = torch.randint(len(latents), (batch_size,), generator=gen)
             noised = objective.noise(latents[pick], gen)
-            pred = model.adapter.denoise(model.pipe, noised.x, noised.t, {k: v[rows[pick]] for k, v in cond.items()})
-            loss = noised.loss(pred)
+            pred = model.adapter.denoise(model.pipe, noised.x.to(dtype), noised.t,
+                                         {k: v[rows[pick]] for k, v in cond.items()})
+            loss = noised.loss(pred.float())
             _descend(loss, opt, params)
             losses.append(loss.item())
             bar.update(1)
@@ -115,7 +117,7 @@ def _encode(model: Any, samples: torch.Tensor, captions: list[str]) -> tuple[tor
         latents = torch.cat([model.adapter.to_latents(model.pipe, samples[i:i + 16]) for i in range(0, len(samples), 16)])
         cond = model.adapter.train_conditioning(model.pipe, unique, model.device, settings=model.settings)
     rows = torch.tensor([unique.index(c) for c in captions])
-    return latents.to(model.device), {k: v.detach() for k, v in cond.items()}, rows.to(model.device)
+    return latents.to(model.device, torch.float32), {k: v.detach() for k, v in cond.items()}, rows.to(model.device)
 
 
 def _fingerprint(samples: torch.Tensor, captions: list[str]) -> str:

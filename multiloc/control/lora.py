@@ -91,6 +91,7 @@ def attached(model: Any, config: Any, seed: int = 0) -> Iterator[list[torch.nn.P
         denoiser.requires_grad_(False)
         params = [p for n, p in denoiser.named_parameters() if f".{ADAPTER}." in n and "lora_" in n]
         for p in params:
+            p.data = p.data.float()  # trained in float32 under fp16/bf16 weights too (PEFT casts inputs)
             p.requires_grad_(True)
         yield params
     finally:
