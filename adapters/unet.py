@@ -64,10 +64,11 @@ class UNetAdapter(Adapter):
                                  do_classifier_free_guidance=True, negative_prompt=None)
         return dict(zip(_ENCODED[len(out)], out))
 
-    def denoise(self, pipe: Any, x: torch.Tensor, t: torch.Tensor, cond: Conditioning) -> torch.Tensor:
-        unet = pipe.unet
-        if unet.config.addition_embed_type == "text_time":
+    def check_finetune(self, pipe: Any) -> None:
+        if pipe.unet.config.addition_embed_type == "text_time":
             raise UserError("fine-tuning is not supported yet for SDXL-style U-Nets (pooled text and size "
                             "conditioning)")
-        pred = unet(x, t, encoder_hidden_states=cond["prompt_embeds"]).sample
+
+    def denoise(self, pipe: Any, x: torch.Tensor, t: torch.Tensor, cond: Conditioning) -> torch.Tensor:
+        pred = pipe.unet(x, t, encoder_hidden_states=cond["prompt_embeds"]).sample
         return pred[:, :x.shape[1]]  # IF's U-Net also predicts a variance: the first channels are the prediction

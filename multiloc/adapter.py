@@ -98,6 +98,11 @@ class Adapter:
         ``multiloc finetune`` override this."""
         raise UserError(f"fine-tuning is not supported yet for the {self.name} family")
 
+    def check_finetune(self, pipe: Any) -> None:
+        """UserError unless ``multiloc finetune`` supports this pipeline (checked before any work)."""
+        if type(self).denoise is Adapter.denoise:
+            raise UserError(f"fine-tuning is not supported yet for the {self.name} family")
+
     def sample_shape(self, pipe: Any, settings: Mapping[str, Any]) -> tuple[int, ...]:
         """The shape of one clean training sample before :meth:`to_latents`: images ``(3, H, W)``
         at the model's size (audio families override: ``(channels, samples)``)."""

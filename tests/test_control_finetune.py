@@ -95,6 +95,18 @@ def test_stock_load_lora_weights_gives_the_same_outputs(toy, toy_lora, one_threa
     assert max(float(abs(a - b).max()) for a, b in zip(ours, theirs)) < 1e-6
 
 
+def test_tiny_sd_through_its_vae_and_stock_loading(tiny_sd, shape_data, tmp_path, one_thread):
+    out = FT.finetune(tiny_sd, shape_data, sites="0,3", steps=2, batch_size=2, lr=1e-2, out=tmp_path / "lora",
+                      checkpoint_every=0, progress=False)
+    assert json.loads((out / "finetune.json").read_text())["objective"] == "epsilon"
+    stock = multiloc.load("tiny-sd")
+    stock.pipe.load_lora_weights(str(out))
+    with lora_applied(tiny_sd, out):
+        ours = tiny_sd.generate(["a red cube"], seed=0, steps=2)[0]
+    assert float(abs(ours - stock.generate(["a red cube"], seed=0, steps=2)[0]).max()) < 1e-6
+    assert float(abs(ours - tiny_sd.generate(["a red cube"], seed=0, steps=2)[0]).max()) > 1e-5  # not a no-op
+
+
 def test_resume_after_an_interruption_equals_an_uninterrupted_run(toy, shape_data, tmp_path, monkeypatch, one_thread):
     from safetensors.torch import load_file
 

@@ -61,6 +61,7 @@ def finetune(model: Any, data: str | Path, *, sites: Any = None, concept: str | 
             raise UserError(f"{name} must be at least {least}, got {value}")
     if not lr > 0:
         raise UserError(f"the learning rate must be positive, got {lr}")
+    model.adapter.check_finetune(model.pipe)
     chosen = list(sites) if isinstance(sites, (list, tuple)) and all(isinstance(s, Site) for s in sites) \
         else resolve_sites(model, sites, concept=concept)
     config = lora_config(lora_modules(model, chosen, targets), rank)
@@ -68,9 +69,13 @@ def finetune(model: Any, data: str | Path, *, sites: Any = None, concept: str | 
     samples, captions = load_folder(model, data)
     latents, cond, rows = _encode(model, samples, captions)
     dtype = model.denoiser.dtype  # the objective works in float32; the denoiser reads its own dtype
-    with torch.no_grad():  # fails fast (unsupported family, mismatched shapes) before any training
-        model.adapter.denoise(model.pipe, latents[:1].to(dtype), objective.noise(latents[:1], torch.Generator()).t,
-                              {k: v[rows[:1]] for k, v in cond.items()})
+    try:
+        with torch.no_grad():  # fails fast (mismatched shapes) before any training
+            model.adapter.denoise(model.pipe, latents[:1].to(dtype), objective.noise(latents[:1], torch.Generator()).t,
+                                  {k: v[rows[:1]] for k, v in cond.items()})
+    except RuntimeError as e:
+        raise UserError(f"{model.name}'s denoiser cannot read the latents its VAE makes of the data (shape "
+                        f"{tuple(latents.shape[1:])}: {str(e).splitlines()[0][:100]})") from None
     out = Path(out)
     run = {"model": model.name, "sites": [s.name for s in chosen], "rank": rank, "targets": list(targets),
            "steps": steps, "lr": lr, "seed": seed, "batch_size": batch_size,
