@@ -34,7 +34,11 @@ from .errors import UserError
 @dataclass
 class Noised:
     """A batch ready for the denoiser: its input ``x``, the timestep ``t`` it is called with, and
-    ``loss(prediction) -> scalar`` (the objective's mean loss of the denoiser's output)."""
+    ``loss(prediction) -> scalar`` (the objective's mean loss of the denoiser's output).
+
+    >>> noised = objective.noise(x0, gen)
+    >>> loss = noised.loss(unet(noised.x, noised.t, encoder_hidden_states=ehs).sample)
+    """
 
     x: torch.Tensor
     t: torch.Tensor
@@ -47,7 +51,11 @@ def _view(v: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
 
 
 class Objective:
-    """Base class: ``noise(x0, gen)`` draws the noise, then the noise level, and returns :class:`Noised`."""
+    """Base class: ``noise(x0, gen)`` draws the noise, then the noise level, and returns :class:`Noised`.
+
+    >>> objective_for(pipe.scheduler).noise(x0, torch.Generator().manual_seed(0)).x.shape == x0.shape
+    True
+    """
 
     name: str = ""
 
@@ -79,7 +87,10 @@ class DDPMObjective(Objective):
 
 
 class FlowObjective(Objective):
-    """Rectified flow (``FlowMatchEulerDiscreteScheduler``): the velocity ``noise - x0``."""
+    """Rectified flow (``FlowMatchEulerDiscreteScheduler``): the velocity ``noise - x0``.
+
+    >>> FlowObjective(FlowMatchEulerDiscreteScheduler()).noise(x0, gen).t   # s x 1000, s uniform
+    """
 
     name = "flow_matching"
 
@@ -95,7 +106,10 @@ class FlowObjective(Objective):
 
 class EDMObjective(Objective):
     """EDM (Karras et al.): log-normal ``sigma`` (``p_mean``, ``p_std``), the scheduler's own
-    ``precondition_inputs/noise/outputs`` (so training and sampling agree by construction)."""
+    ``precondition_inputs/noise/outputs`` (so training and sampling agree by construction).
+
+    >>> EDMObjective(pipe.scheduler, p_mean=-0.6, p_std=1.4).noise(z0, gen).loss(dit_output)
+    """
 
     name = "edm"
 
@@ -114,6 +128,17 @@ class EDMObjective(Objective):
             return (weight * (sched.precondition_outputs(noisy, pred, sigma) - x0) ** 2).mean()
 
         return Noised(sched.precondition_inputs(noisy, sigma), sched.precondition_noise(sigma.flatten()), loss)
+
+
+def descend(loss: torch.Tensor, opt: torch.optim.Optimizer, params: list[torch.Tensor]) -> None:
+    """One optimizer step on ``loss``, gradients clipped to norm 1 (the toy trainers' and finetune's step).
+
+    >>> descend(objective.noise(x0, gen).loss(pred), opt, params)
+    """
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(params, 1.0)
+    opt.step()
 
 
 def objective_for(scheduler: Any, **options: Any) -> Objective:

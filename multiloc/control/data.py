@@ -32,7 +32,11 @@ METADATA = "metadata.jsonl"
 
 
 def read_metadata(folder: str | Path) -> list[tuple[Path, str]]:
-    """``(file, caption)`` pairs of ``FOLDER/metadata.jsonl``, every file checked to exist."""
+    """``(file, caption)`` pairs of ``FOLDER/metadata.jsonl``, every file checked to exist.
+
+    >>> read_metadata("data/")[0]
+    (PosixPath('data/0001.png'), 'a small orange circle')
+    """
     folder = Path(folder)
     if not folder.is_dir():
         raise UserError(f"data folder {folder} does not exist")
@@ -63,7 +67,10 @@ def read_metadata(folder: str | Path) -> list[tuple[Path, str]]:
 
 
 def load_folder(model: Any, folder: str | Path) -> tuple[torch.Tensor, list[str]]:
-    """The folder's samples shaped for ``model`` (see the module docstring) and their captions."""
+    """The folder's samples shaped for ``model`` (see the module docstring) and their captions.
+
+    >>> samples, captions = load_folder(multiloc.load("toy-tones"), "clips/")   # (N, 1, 4096) at 4 kHz
+    """
     rows = read_metadata(folder)
     shape = model.adapter.sample_shape(model.pipe, model.settings)
     read = _image if model.modality == "image" else _audio

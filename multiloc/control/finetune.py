@@ -35,7 +35,7 @@ import torch
 from tqdm.auto import tqdm
 
 from ..errors import UserError
-from ..objectives import objective_for
+from ..objectives import descend, objective_for
 from ..results import write_atomic
 from ..sites import Site
 from .data import load_folder
@@ -92,7 +92,7 @@ def finetune(model: Any, data: str | Path, *, sites: Any = None, concept: str | 
             pred = model.adapter.denoise(model.pipe, noised.x.to(dtype), noised.t,
                                          {k: v[rows[pick]] for k, v in cond.items()})
             loss = noised.loss(pred.float())
-            _descend(loss, opt, params)
+            descend(loss, opt, params)
             losses.append(loss.item())
             bar.update(1)
             bar.set_postfix(loss=f"{np.mean(losses[-20:]):.4f}")
@@ -105,12 +105,6 @@ def finetune(model: Any, data: str | Path, *, sites: Any = None, concept: str | 
         save_lora(out, model, config, info)
     (out / CHECKPOINT).unlink(missing_ok=True)
     return out
-
-
-def _descend(loss: torch.Tensor, opt: torch.optim.Optimizer, params: list[torch.Tensor]) -> None:
-    from ..toy.train import descend  # the toy trainers' step (gradients clipped to norm 1)
-
-    descend(loss, opt, params)
 
 
 def _encode(model: Any, samples: torch.Tensor, captions: list[str]) -> tuple[torch.Tensor, dict[str, torch.Tensor],
@@ -133,7 +127,10 @@ def _fingerprint(samples: torch.Tensor, captions: list[str]) -> str:
 
 def save_checkpoint(path: Path, model: Any, run: dict[str, Any], opt: torch.optim.Optimizer,
                     gen: torch.Generator, step: int, losses: list[float]) -> None:
-    """Write what resuming needs (the LoRA, the optimizer, the generator, the step) atomically."""
+    """Write what resuming needs (the LoRA, the optimizer, the generator, the step) atomically.
+
+    >>> save_checkpoint(Path("out/lora/checkpoint.pt"), model, run, opt, gen, step=50, losses=losses)
+    """
     buf = io.BytesIO()
     torch.save({"run": run, "step": step, "lora": lora_state(model), "opt": opt.state_dict(),
                 "gen": gen.get_state(), "losses": losses}, buf)

@@ -68,7 +68,11 @@ def lora_modules(model: Any, sites: Sequence[Site], targets: Sequence[str]) -> l
 
 def lora_config(modules: Sequence[str], rank: int) -> Any:
     """A PEFT ``LoraConfig`` of rank ``rank`` on exactly ``modules`` (alpha = rank: scale 1, so every
-    loader, with or without the stored config, applies it alike)."""
+    loader, with or without the stored config, applies it alike).
+
+    >>> lora_config(lora_modules(model, sites, DEFAULT_TARGETS), rank=4).r
+    4
+    """
     from peft import LoraConfig
 
     if rank < 1:
@@ -81,7 +85,11 @@ def lora_config(modules: Sequence[str], rank: int) -> Any:
 def attached(model: Any, config: Any, seed: int = 0) -> Iterator[list[torch.nn.Parameter]]:
     """Attach a fresh LoRA (``config``; its random ``A`` matrices from ``seed``) to ``model``'s denoiser
     for the block, yielding its trainable parameters; on exit (also on errors) the LoRA is removed and
-    every parameter's ``requires_grad`` is put back."""
+    every parameter's ``requires_grad`` is put back.
+
+    >>> with attached(model, lora_config(modules, 4), seed=0) as params:
+    ...     opt = torch.optim.AdamW(params, lr=1e-3)
+    """
     denoiser = model.denoiser
     grads = {n: p.requires_grad for n, p in denoiser.named_parameters()}
     with torch.random.fork_rng(devices=[]):
@@ -128,14 +136,22 @@ def _remove(denoiser: Any) -> None:
 
 
 def wrapped(model: Any) -> list[str]:
-    """Paths of the denoiser's modules a LoRA wraps now (sorted)."""
+    """Paths of the denoiser's modules a LoRA wraps now (sorted).
+
+    >>> with lora_applied(model, "out/lora"):
+    ...     wrapped(model)      # ['up_blocks.1....attn2.to_k', ...]
+    """
     from peft.tuners.lora import LoraLayer
 
     return sorted(n for n, m in model.denoiser.named_modules() if isinstance(m, LoraLayer))
 
 
 def lora_state(model: Any) -> dict[str, torch.Tensor]:
-    """The attached adapter's tensors, keyed by module path (PEFT's ``get_peft_model_state_dict``)."""
+    """The attached adapter's tensors, keyed by module path (PEFT's ``get_peft_model_state_dict``).
+
+    >>> lora_state(model)["up_blocks.1.attentions.1.transformer_blocks.0.attn2.to_q.lora_A.weight"].shape
+    torch.Size([4, 32])
+    """
     from peft.utils import get_peft_model_state_dict
 
     return {k: v.detach().to("cpu").clone() for k, v in
@@ -143,7 +159,10 @@ def lora_state(model: Any) -> dict[str, torch.Tensor]:
 
 
 def set_lora_state(model: Any, state: dict[str, torch.Tensor]) -> None:
-    """Load tensors of :func:`lora_state` into the attached adapter."""
+    """Load tensors of :func:`lora_state` into the attached adapter.
+
+    >>> set_lora_state(model, checkpoint["lora"])
+    """
     from peft.utils import set_peft_model_state_dict
 
     result = set_peft_model_state_dict(model.denoiser, state, adapter_name=ADAPTER)
@@ -153,7 +172,11 @@ def set_lora_state(model: Any, state: dict[str, torch.Tensor]) -> None:
 
 
 def lora_format(model: Any) -> str:
-    """``diffusers`` where the pipeline class saves and loads LoRA for its denoiser, else ``peft``."""
+    """``diffusers`` where the pipeline class saves and loads LoRA for its denoiser, else ``peft``.
+
+    >>> lora_format(multiloc.load("toy-shapes")), lora_format(multiloc.load("toy-shapes-dit"))
+    ('diffusers', 'peft')
+    """
     import inspect
 
     cls = type(model.pipe)
@@ -166,7 +189,12 @@ def lora_format(model: Any) -> str:
 
 def save_lora(out: str | Path, model: Any, config: Any, info: dict[str, Any]) -> Path:
     """Write the attached adapter to ``out`` in :func:`lora_format` (see the module docstring) and
-    ``out/finetune.json`` (``info`` plus the format, the model, the modules and their fingerprints)."""
+    ``out/finetune.json`` (``info`` plus the format, the model, the modules and their fingerprints).
+
+    >>> with attached(model, config) as params:
+    ...     ...  # train
+    ...     save_lora("out/lora", model, config, {"steps": 200})
+    """
     from safetensors.torch import save
 
     out = Path(out)
@@ -196,7 +224,11 @@ def save_lora(out: str | Path, model: Any, config: Any, info: dict[str, Any]) ->
 
 
 def read_lora(path: str | Path) -> dict[str, Any]:
-    """``DIR/finetune.json`` of a LoRA folder (one-line UserError when it is not one)."""
+    """``DIR/finetune.json`` of a LoRA folder (one-line UserError when it is not one).
+
+    >>> read_lora("out/lora")["sites"]
+    ['up_blocks.1.attentions.1.transformer_blocks.0.attn2']
+    """
     path = Path(path)
     info = path / INFO
     if not info.is_file():
@@ -211,7 +243,11 @@ def read_lora(path: str | Path) -> dict[str, Any]:
 
 
 def check_lora(model: Any, record: dict[str, Any]) -> None:
-    """Refuse (UserError) a LoRA made for another family or model (shapes or base weights differ)."""
+    """Refuse (UserError) a LoRA made for another family or model (shapes or base weights differ).
+
+    >>> check_lora(multiloc.load("tiny-sd"), read_lora("out/lora"))   # made for toy-shapes
+    UserError: the LoRA out/lora was made for toy-shapes, whose weights at ... differ from tiny-sd's
+    """
     where = record["path"]
     if record["adapter"] != model.adapter.name:
         raise UserError(f"the LoRA {where} was made for {record['model']} (the {record['adapter']} family); "
@@ -229,7 +265,11 @@ def check_lora(model: Any, record: dict[str, Any]) -> None:
 @contextmanager
 def lora_applied(model: Any, path: str | Path) -> Iterator[dict[str, Any]]:
     """Load the LoRA folder ``path`` (either format) into ``model`` for the block; unloaded on exit,
-    the base weights bit-identical (LoRA is never merged into them)."""
+    the base weights bit-identical (LoRA is never merged into them).
+
+    >>> with lora_applied(model, "out/lora"):
+    ...     images = model.generate(["a small cyan circle"])
+    """
     record = read_lora(path)
     check_lora(model, record)
     _load(model, record)

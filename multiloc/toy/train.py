@@ -27,7 +27,7 @@ import numpy as np
 import torch
 
 from ..build import build_pipeline, component_state
-from ..objectives import objective_for
+from ..objectives import descend, objective_for  # descend: re-exported for the other toy trainers
 from . import shapes
 
 # Chosen to fit a few minutes on a shared 2-core CPU while every held-out prompt is read back right.
@@ -52,14 +52,6 @@ def cosine_schedule(opt: torch.optim.Optimizer, warmup: int, steps: int) -> torc
     """Linear warm-up over ``warmup`` steps, then a cosine decay to 0 at ``steps``."""
     return torch.optim.lr_scheduler.LambdaLR(opt, lambda i: min(1.0, (i + 1) / warmup) * 0.5 * (
         1 + math.cos(math.pi * min(i, steps) / steps)))
-
-
-def descend(loss: torch.Tensor, opt: torch.optim.Optimizer, params: list[torch.Tensor]) -> None:
-    """One optimizer step on ``loss``, gradients clipped to norm 1 (every toy trainer's step)."""
-    opt.zero_grad(set_to_none=True)
-    loss.backward()
-    torch.nn.utils.clip_grad_norm_(params, 1.0)
-    opt.step()
 
 
 def log_progress(log: Callable[[str], None], step: int, steps: int, losses: list[float], start: float) -> None:
