@@ -18,9 +18,10 @@ SITES_HELP = ("a site spec ('55-57', 'up_blocks.0.*'), or a scan's result.json (
               "default: the sites published for the model in its registry entry")
 
 
-def model_options(p: argparse.ArgumentParser, sampling: bool = True) -> None:
+def model_options(p: argparse.ArgumentParser, sampling: bool = True, dtype: str = "auto") -> None:
     """--model, --steps, --guidance, --set, --device, --dtype: as ``multiloc scan`` reads them
-    (without ``sampling``: no --steps / --guidance, for commands that do not generate)."""
+    (without ``sampling``: no --steps / --guidance, for commands that do not generate; ``dtype``: the
+    --dtype default)."""
     p.add_argument("--model", required=True, help="registry name (see `multiloc models`), local directory or hub id")
     if sampling:
         p.add_argument("--steps", type=_positive("--steps"), help="denoising steps (default: the model's)")
@@ -28,7 +29,8 @@ def model_options(p: argparse.ArgumentParser, sampling: bool = True) -> None:
     p.add_argument("--set", action="append", metavar="KEY=VALUE",
                    help="override a model setting, repeatable (e.g. audio_length_in_s=4, height=512)")
     p.add_argument("--device", help="cpu, cuda, cuda:N or mps (default: cuda if available)")
-    p.add_argument("--dtype", default="auto", choices=DTYPES, help="weights dtype (auto: fp16 on cuda, else fp32)")
+    p.add_argument("--dtype", default=dtype, choices=DTYPES,
+                   help=f"weights dtype (auto: fp16 on cuda, else fp32; default: {dtype})")
 
 
 def load_model(args: argparse.Namespace) -> Any:
@@ -98,8 +100,7 @@ def add_commands(sub: Any) -> None:
     p.set_defaults(func=cmd_generate)
 
     p = sub.add_parser("finetune", help="train a LoRA on exactly the localized sites (PEFT; rerun to resume)")
-    model_options(p, sampling=False)
-    p.set_defaults(dtype="float32")  # training: fp32 base weights unless asked (the LoRA is fp32 always)
+    model_options(p, sampling=False, dtype="float32")  # training: fp32 base weights unless asked (the LoRA is fp32 always)
     p.add_argument("--data", required=True, metavar="DIR",
                    help="training folder: files plus metadata.jsonl lines {\"file_name\": ..., \"text\": ...}")
     p.add_argument("--sites", help=SITES_HELP)
@@ -110,7 +111,8 @@ def add_commands(sub: Any) -> None:
     p.add_argument("--steps", type=_positive("--steps"), default=200, help="training steps (default: 200)")
     p.add_argument("--lr", type=float, default=1e-3, help="learning rate (AdamW; default: 1e-3)")
     p.add_argument("--seed", type=int, default=0, help="seed of the LoRA's initial weights and the batches (default: 0)")
-    p.add_argument("--batch-size", dest="train_batch_size", type=_positive("--batch-size"), default=4,
+    # dest: cli.main checks any ``batch_size`` against scan's minimum of 2
+    p.add_argument("--batch-size", dest="train_batch_size", metavar="B", type=_positive("--batch-size"), default=4,
                    help="samples per step (default: 4)")
     p.add_argument("--checkpoint-every", type=int, default=50, metavar="N",
                    help="save a checkpoint every N steps, 0: never (default: 50)")
