@@ -79,7 +79,8 @@ def finetune(model: Any, data: str | Path, *, sites: Any = None, concept: str | 
     out = Path(out)
     run = {"model": model.name, "sites": [s.name for s in chosen], "rank": rank, "targets": list(targets),
            "steps": steps, "lr": lr, "seed": seed, "batch_size": batch_size,
-           "data": {"folder": str(data), "samples": len(captions), "sha256": _fingerprint(samples, captions)}}
+           "data": {"folder": str(Path(data).resolve()), "samples": len(captions), "sha256": _fingerprint(samples, captions)}}
+    # The denoiser stays in eval mode (no dropout): a run is a function of its seed, so resuming is exact.
     with attached(model, config, seed) as params:
         opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
         gen = torch.Generator().manual_seed(seed)
