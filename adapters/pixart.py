@@ -62,6 +62,17 @@ class PixArtAdapter(Adapter):
         # negative_prompt defaults to "" in these pipelines, which clashes with negative_prompt_embeds.
         return {**super().pipeline_kwargs(pipe, settings), **extra, "negative_prompt": None}
 
+    def denoise(self, pipe: Any, x: torch.Tensor, t: torch.Tensor, cond: Conditioning) -> torch.Tensor:
+        n, tr = x.shape[0], pipe.transformer
+        extra = {"resolution": None, "aspect_ratio": None}
+        if tr.config.sample_size == 128:  # PixArt-alpha 1024 px: size conditioning, as the pipeline gives it
+            h, w = (d * pipe.vae_scale_factor for d in x.shape[-2:])
+            extra = {"resolution": torch.tensor([h, w], dtype=x.dtype).repeat(n, 1).to(x.device),
+                     "aspect_ratio": torch.tensor([h / w], dtype=x.dtype).repeat(n, 1).to(x.device)}
+        pred = tr(x, encoder_hidden_states=cond["prompt_embeds"], encoder_attention_mask=cond["prompt_attention_mask"],
+                  timestep=t, added_cond_kwargs=extra).sample
+        return pred[:, :x.shape[1]]  # a learned sigma doubles the channels: the first half is the prediction
+
 
 class SanaAdapter(PixArtAdapter):
     name = "sana"
@@ -69,6 +80,7 @@ class SanaAdapter(PixArtAdapter):
     # No value taps declared: the contribution method needs token positions, not mapped for SANA yet.
     site_rules = (SiteRule(kind="cross_attn", where=is_attn2, taps=("to_k", "to_v"), masks=("attention_mask",)),)
     defaults = {"steps": 20, "guidance": 4.5, "max_sequence_length": 300}
+    denoise = Adapter.denoise  # not PixArt's call (no size conditioning; a DC-AE VAE): not supported yet
 
     def encode(self, pipe: Any, prompts: Sequence[str], device: torch.device,
                settings: Mapping[str, Any] | None = None) -> Conditioning:

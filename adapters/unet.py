@@ -21,6 +21,7 @@ import torch
 from torch import nn
 
 from multiloc.adapter import Adapter, Conditioning
+from multiloc.errors import UserError
 from multiloc.sites import SiteRule
 
 
@@ -64,3 +65,12 @@ class UNetAdapter(Adapter):
         out = pipe.encode_prompt(prompt=list(prompts), device=device, num_images_per_prompt=1,
                                  do_classifier_free_guidance=True, negative_prompt=None)
         return dict(zip(_ENCODED[len(out)], out))
+
+    def check_finetune(self, pipe: Any) -> None:
+        if pipe.unet.config.addition_embed_type == "text_time":
+            raise UserError("fine-tuning is not supported yet for SDXL-style U-Nets (pooled text and size "
+                            "conditioning)")
+
+    def denoise(self, pipe: Any, x: torch.Tensor, t: torch.Tensor, cond: Conditioning) -> torch.Tensor:
+        pred = pipe.unet(x, t, encoder_hidden_states=cond["prompt_embeds"]).sample
+        return pred[:, :x.shape[1]]  # IF's U-Net also predicts a variance: the first channels are the prediction

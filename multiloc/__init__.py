@@ -10,7 +10,7 @@ Example::
 
 from . import control
 from .concepts import Concept, Pair
-from .control import rewrite
+from .control import finetune, rewrite
 from .control.edit import edit
 from .control.steer import steering_vectors as steer
 from .errors import UserError
@@ -24,6 +24,7 @@ from .sites import Site
 
 __all__ = [
     "Concept", "Model", "control", "Pair", "Patch", "Result", "Scorer", "Site", "StepWindow", "UserError",
-    "edit", "get_scorer", "load", "register_adapter", "register_scorer", "rewrite", "scan", "steer",
+    "edit", "finetune", "get_scorer", "load", "register_adapter", "register_scorer", "rewrite", "scan",
+    "steer",
 ]
 __version__ = "0.1.0"

@@ -92,6 +92,44 @@ class Adapter:
         """Audio families: the sample rate of the outputs (None for images)."""
         return None
 
+    # --- training (multiloc finetune) ----------------------------------------------------------
+    def train_conditioning(self, pipe: Any, prompts: Sequence[str], device: torch.device,
+                           settings: Mapping[str, Any] | None = None) -> Conditioning:
+        """The conditional inputs :meth:`denoise` reads for ``prompts`` (no CFG copy), as the
+        pipeline computes them."""
+        cond = self.encode(pipe, prompts, device, settings)
+        return {k: v for k, v in cond.items() if not k.startswith("negative_")}
+
+    def denoise(self, pipe: Any, x: torch.Tensor, t: torch.Tensor, cond: Conditioning) -> torch.Tensor:
+        """The denoiser's prediction for input ``x`` at timesteps ``t``, called the way the family's
+        pipeline calls it (``cond``: rows of :meth:`train_conditioning`). Families that support
+        ``multiloc finetune`` override this."""
+        raise UserError(f"fine-tuning is not supported yet for the {self.name} family")
+
+    def check_finetune(self, pipe: Any) -> None:
+        """UserError unless ``multiloc finetune`` supports this pipeline (checked before any work)."""
+        if type(self).denoise is Adapter.denoise:
+            raise UserError(f"fine-tuning is not supported yet for the {self.name} family")
+
+    def sample_shape(self, pipe: Any, settings: Mapping[str, Any]) -> tuple[int, ...]:
+        """The shape of one clean training sample before :meth:`to_latents`: images ``(3, H, W)``
+        at the model's size (audio families override: ``(channels, samples)``)."""
+        denoiser = self.denoiser(pipe)
+        factor = getattr(pipe, "vae_scale_factor", 1) if getattr(pipe, "vae", None) is not None else 1
+        size = int(denoiser.config.sample_size) * factor
+        return (3, int(settings.get("height") or size), int(settings.get("width") or size))
+
+    def to_latents(self, pipe: Any, x: torch.Tensor) -> torch.Tensor:
+        """Clean samples (images in [-1, 1], waveforms) as the denoiser's clean latents: the VAE's
+        mean, shifted and scaled as the pipeline's decoding undoes; pixel-space pipelines pass through."""
+        vae = getattr(pipe, "vae", None)
+        if vae is None:
+            return x
+        latents = vae.encode(x.to(vae.device, vae.dtype)).latent_dist.mean
+        shift = getattr(vae.config, "shift_factor", None) or 0.0
+        scale = getattr(vae.config, "scaling_factor", None) or 1.0
+        return (latents - shift) * scale
+
     # --- shared machinery -------------------------------------------------------------------
     def handles(self, pipe: Any) -> bool:
         """Whether ``pipe``'s denoiser is one of this family's classes (subclasses count)."""

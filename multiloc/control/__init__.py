@@ -5,10 +5,11 @@ site tables as :mod:`multiloc.localize`.
 - ``weights.py``: weight files (only the changed tensors + metadata), applied reversibly
 - ``edit.py``: one-pass output edits (only the chosen sites read the edited prompt), baselines, evaluation
 - ``sld.py``: Safe Latent Diffusion guidance for every CFG family (the ``sld`` baseline of ``edit``)
-- ``generate.py``: plain generation with modifiers (weight files, steering vectors; LoRA slots in)
+- ``generate.py``: plain generation with modifiers (weight files, LoRA, steering vectors)
 - ``rewrite.py``: closed-form key/value edits of the sites (``multiloc rewrite``), saved as weight files
 - ``steer.py``: activation-steering vectors (CAA) per site and step, steering files
 - ``steer_sweep.py``: the alpha sweep (localized / all / all-but-localized sites)
+- ``finetune.py``: LoRA on the chosen sites (``lora.py``: its files; ``data.py``: the training folder)
 - ``commands.py``: the CLI commands
 
 Example::
@@ -19,12 +20,14 @@ Example::
 """
 
 from .edit import EditRun, edit, evaluate, parse_pairs
-from .generate import Steer, Weights, generate
+from .finetune import finetune
+from .generate import Lora, Steer, Weights, generate
+from .lora import lora_applied
 from .rewrite import rewrite
 from .steer import SteeringVectors, read_steering, save_steering, steering_vectors
 from .targets import published_sites, resolve_sites
 from .weights import WeightFile, applied, apply, read_weights, save_weights
 
-__all__ = ["EditRun", "Steer", "SteeringVectors", "WeightFile", "Weights", "applied", "apply", "edit", "evaluate",
-           "generate", "parse_pairs", "published_sites", "read_steering", "read_weights", "resolve_sites",
-           "rewrite", "save_steering", "save_weights", "steering_vectors"]
+__all__ = ["EditRun", "Lora", "Steer", "SteeringVectors", "WeightFile", "Weights", "applied", "apply", "edit",
+           "evaluate", "finetune", "generate", "lora_applied", "parse_pairs", "published_sites", "read_steering",
+           "read_weights", "resolve_sites", "rewrite", "save_steering", "save_weights", "steering_vectors"]

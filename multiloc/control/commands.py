@@ -17,20 +17,25 @@ from typing import Any
 
 from ..cli import DTYPES, _positive, _settings, resolve_device, resolve_dtype
 from ..errors import UserError
+from .lora import DEFAULT_TARGETS
 
 SITES_HELP = ("a site spec ('55-57', 'up_blocks.0.*'), or a scan's result.json (its selected set); "
               "default: the sites published for the model in its registry entry")
 
 
-def model_options(p: argparse.ArgumentParser) -> None:
-    """--model, --steps, --guidance, --set, --device, --dtype: as ``multiloc scan`` reads them."""
+def model_options(p: argparse.ArgumentParser, sampling: bool = True, dtype: str = "auto") -> None:
+    """--model, --steps, --guidance, --set, --device, --dtype: as ``multiloc scan`` reads them
+    (without ``sampling``: no --steps / --guidance, for commands that do not generate; ``dtype``: the
+    --dtype default)."""
     p.add_argument("--model", required=True, help="registry name (see `multiloc models`), local directory or hub id")
-    p.add_argument("--steps", type=_positive("--steps"), help="denoising steps (default: the model's)")
-    p.add_argument("--guidance", type=float, help="classifier-free guidance scale (default: the model's)")
+    if sampling:
+        p.add_argument("--steps", type=_positive("--steps"), help="denoising steps (default: the model's)")
+        p.add_argument("--guidance", type=float, help="classifier-free guidance scale (default: the model's)")
     p.add_argument("--set", action="append", metavar="KEY=VALUE",
                    help="override a model setting, repeatable (e.g. audio_length_in_s=4, height=512)")
     p.add_argument("--device", help="cpu, cuda, cuda:N or mps (default: cuda if available)")
-    p.add_argument("--dtype", default="auto", choices=DTYPES, help="weights dtype (auto: fp16 on cuda, else fp32)")
+    p.add_argument("--dtype", default=dtype, choices=DTYPES,
+                   help=f"weights dtype (auto: fp16 on cuda, else fp32; default: {dtype})")
 
 
 def load_model(args: argparse.Namespace) -> Any:
@@ -66,9 +71,10 @@ def number(name: str):
 
 # --- generate ---------------------------------------------------------------------------------
 def modifiers_from_args(args: argparse.Namespace, model: Any) -> list[Any]:
-    """The modifiers ``--weights`` and ``--steer``/``--alpha`` (and, as it lands, ``--lora``) ask for,
-    checked against ``model`` before any generation runs."""
-    from .generate import Steer, Weights
+    """The modifiers ``--weights``, ``--lora`` and ``--steer``/``--alpha`` ask for, checked against
+    ``model`` before any generation runs."""
+    from .generate import Lora, Steer, Weights
+    from .lora import check_lora, read_lora
     from .weights import check_weights, read_weights
 
     mods: list[Any] = []
@@ -76,6 +82,9 @@ def modifiers_from_args(args: argparse.Namespace, model: Any) -> list[Any]:
         for path in args.weights:
             check_weights(model, read_weights(path))
         mods.append(Weights(args.weights))
+    if args.lora:
+        check_lora(model, read_lora(args.lora))
+        mods.append(Lora(args.lora))
     if args.steer:
         steer = Steer(args.steer, args.alpha, args.steps)
         steer.load(model)
@@ -327,6 +336,7 @@ def add_commands(sub: Any) -> None:
     p.add_argument("--prompt", action="append", required=True, help="a prompt; repeatable")
     p.add_argument("--weights", action="append", metavar="FILE",
                    help="a weight file from `multiloc rewrite`, applied for this run; repeatable")
+    p.add_argument("--lora", metavar="DIR", help="a LoRA folder from `multiloc finetune`, loaded for this run")
     p.add_argument("--steer", metavar="FILE", help="a steering file from `multiloc steer`, added --alpha times")
     p.add_argument("--alpha", type=number("--alpha"), help="how many times the steering vectors are added "
                    "(0: plain generation; negative: away from the concept)")
@@ -378,3 +388,37 @@ def add_commands(sub: Any) -> None:
     # `--alphas -4:4:9` must read as a value, not as an unknown option: argparse takes only plain
     # negative numbers (-4, -0.5) for values; this parser has no option that starts with a digit.
     p._negative_number_matcher = re.compile(r"^-\.?\d")
+
+    p = sub.add_parser("finetune", help="train a LoRA on exactly the localized sites (PEFT; rerun to resume)")
+    model_options(p, sampling=False, dtype="float32")  # training: fp32 base weights unless asked (the LoRA is fp32 always)
+    p.add_argument("--data", required=True, metavar="DIR",
+                   help="training folder: files plus metadata.jsonl lines {\"file_name\": ..., \"text\": ...}")
+    p.add_argument("--sites", help=SITES_HELP)
+    p.add_argument("--concept", help="which published site set, when the model publishes several")
+    p.add_argument("--rank", type=_positive("--rank"), default=4, help="LoRA rank (default: 4)")
+    p.add_argument("--targets", default=",".join(DEFAULT_TARGETS),
+                   help=f"comma-separated projections of each site to adapt (default: {','.join(DEFAULT_TARGETS)})")
+    p.add_argument("--steps", type=_positive("--steps"), default=200, help="training steps (default: 200)")
+    p.add_argument("--lr", type=float, default=1e-3, help="learning rate (AdamW; default: 1e-3)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the LoRA's initial weights and the batches (default: 0)")
+    p.add_argument("--batch-size", metavar="B", type=_positive("--batch-size"), default=4,
+                   help="samples per step (default: 4)")
+    p.add_argument("--checkpoint-every", type=int, default=50, metavar="N",
+                   help="save a checkpoint every N steps, 0: never (default: 50)")
+    p.add_argument("--out", required=True, help="the LoRA folder to write")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_finetune)
+
+
+def cmd_finetune(args: argparse.Namespace) -> int:
+    from .data import read_metadata
+    from .finetune import finetune
+
+    read_metadata(args.data)  # a bad folder fails before the model loads
+    model = load_model(args)
+    targets = [t.strip() for t in args.targets.split(",") if t.strip()]
+    out = finetune(model, args.data, sites=args.sites, concept=args.concept, rank=args.rank, targets=targets,
+                   steps=args.steps, lr=args.lr, seed=args.seed, batch_size=args.batch_size, out=args.out,
+                   checkpoint_every=args.checkpoint_every, progress=not args.quiet)
+    print(f"wrote the LoRA to {out} (load it with: multiloc generate --model {args.model} --lora {out} ...)")
+    return 0

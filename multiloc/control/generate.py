@@ -1,4 +1,4 @@
-"""Plain generation with control applied: weight files and steering vectors (LoRA adapters slot in).
+"""Plain generation with control applied: weight files, LoRA adapters and steering vectors.
 
 A *modifier* is anything that changes how a model generates, for the duration of a ``with`` block:
 ``modifier.applied(model)`` is a context manager that yields either ``None`` or a function
@@ -98,6 +98,24 @@ class Steer:
         v = self.vectors
         source = str(v.path or v.concept) if isinstance(v, SteeringVectors) else str(v)
         return {"steer": source, "alpha": float(self.alpha)}
+
+
+@dataclass
+class Lora:
+    """A LoRA folder (``multiloc finetune`` output, either format) loaded for the generation and
+    unloaded after: the base weights are bit-identical afterwards."""
+
+    path: str | Path
+
+    @contextmanager
+    def applied(self, model: Any) -> Iterator[None]:
+        from .lora import lora_applied
+
+        with lora_applied(model, self.path):
+            yield None
+
+    def describe(self) -> dict[str, Any]:
+        return {"lora": str(self.path)}
 
 
 def generate(model: Any, prompts: Sequence[str], *, seeds: Sequence[int] = (0,),

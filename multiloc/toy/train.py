@@ -27,6 +27,7 @@ import numpy as np
 import torch
 
 from ..build import build_pipeline, component_state
+from ..objectives import descend, objective_for  # descend: re-exported for the other toy trainers
 from . import shapes
 
 # Chosen to fit a few minutes on a shared 2-core CPU while every held-out prompt is read back right.
@@ -51,14 +52,6 @@ def cosine_schedule(opt: torch.optim.Optimizer, warmup: int, steps: int) -> torc
     """Linear warm-up over ``warmup`` steps, then a cosine decay to 0 at ``steps``."""
     return torch.optim.lr_scheduler.LambdaLR(opt, lambda i: min(1.0, (i + 1) / warmup) * 0.5 * (
         1 + math.cos(math.pi * min(i, steps) / steps)))
-
-
-def descend(loss: torch.Tensor, opt: torch.optim.Optimizer, params: list[torch.Tensor]) -> None:
-    """One optimizer step on ``loss``, gradients clipped to norm 1 (every toy trainer's step)."""
-    opt.zero_grad(set_to_none=True)
-    loss.backward()
-    torch.nn.utils.clip_grad_norm_(params, 1.0)
-    opt.step()
 
 
 def log_progress(log: Callable[[str], None], step: int, steps: int, losses: list[float], start: float) -> None:
@@ -159,23 +152,19 @@ def _train_shapes(out: Path, r: dict[str, Any], log: Callable[[str], None], eval
     sched = cosine_schedule(opt, r["warmup"], r["steps"])
     unet.train()
     text_encoder.train()
-    alphas = scheduler.alphas_cumprod
+    objective = objective_for(scheduler)  # prediction_type: sample (the clean image)
     start, losses = time.perf_counter(), []
     for step in range(r["steps"]):
         b = r["batch_size"]
         pick = torch.randint(len(train), (b,), generator=gen)
         # Some prompts dropped to "" so the model also learns the unconditional output CFG needs.
         text = torch.where(torch.rand(b, generator=gen) < r["uncond_p"], len(train), pick)
-        x0 = images[pick]
-        noise = torch.randn(x0.shape, generator=gen)
-        t = torch.randint(scheduler.config.num_train_timesteps, (b,), generator=gen)
-        a = alphas[t].view(-1, 1, 1, 1)
-        xt = a.sqrt() * x0 + (1 - a).sqrt() * noise
+        noised = objective.noise(images[pick], gen)
         ehs = text_encoder(ids[text], attention_mask=att[text])[0]
         # The model predicts the clean image (prediction_type: sample): each prompt names one image,
         # so this target is learnt in far fewer steps than the noise is.
-        pred = unet(xt, t, encoder_hidden_states=ehs).sample[:, :3]  # the first half of IF's 6 channels
-        loss = torch.nn.functional.mse_loss(pred, x0)
+        pred = unet(noised.x, noised.t, encoder_hidden_states=ehs).sample[:, :3]  # the first half of IF's 6 channels
+        loss = noised.loss(pred)
         descend(loss, opt, params)
         sched.step()
         losses.append(loss.item())

@@ -24,6 +24,8 @@ import numpy as np
 import torch
 
 from ..build import build_pipeline
+from ..objectives import objective_for
+from ..registry import get_adapter
 from . import tones
 from .lapped import set_mdct
 from .train import (
@@ -75,23 +77,7 @@ def latent_scale(vae: Any, clips: torch.Tensor, max_scale: float) -> list[float]
     return [float(f"{1 / v:.4g}") for v in rms.tolist()]
 
 
-def _conditioning(pipe: Any, prompts: list[str], seconds: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """What StableAudioPipeline feeds the DiT for ``prompts`` (no CFG): the masked, projected T5 tokens
-    followed by the start/end-seconds tokens (cross-attention), and the seconds as global states."""
-    enc = pipe.tokenizer(prompts, padding="max_length", max_length=pipe.tokenizer.model_max_length,
-                         truncation=True, return_tensors="pt")
-    text = pipe.text_encoder(enc.input_ids, attention_mask=enc.attention_mask)[0]
-    text = pipe.projection_model(text_hidden_states=text).text_hidden_states
-    text = text * enc.attention_mask.unsqueeze(-1).to(text.dtype)
-    n = len(prompts)
-    secs = pipe.projection_model(start_seconds=torch.zeros(n), end_seconds=torch.full((n,), seconds))
-    start, end = secs.seconds_start_hidden_states, secs.seconds_end_hidden_states
-    return torch.cat([text, start, end], dim=1), torch.cat([start, end], dim=2)
-
-
 def _train(out: Path, r: dict[str, Any], log: Callable[[str], None], evaluate: bool) -> dict[str, Any]:
-    from diffusers.models.embeddings import get_1d_rotary_pos_embed
-
     spec = _spec(NAME)
     if sorted(spec["components"]["tokenizer"]["config"]["words"]) != sorted(tones.vocabulary()):
         raise ValueError("the toy-tones tokenizer's words differ from the toy world's vocabulary")
@@ -105,8 +91,6 @@ def _train(out: Path, r: dict[str, Any], log: Callable[[str], None], evaluate: b
     with torch.no_grad():
         latents = pipe.vae.encode(clips).latent_dist.mean
     prompts = [tones.prompt(*c) for c in train]
-    rotary = get_1d_rotary_pos_embed(dit.config.attention_head_dim // 2, latents.shape[2] + 1, use_real=True,
-                                     repeat_interleave_real=False)
     gen = torch.Generator().manual_seed(r["seed"])
     params = [*dit.parameters(), *pipe.text_encoder.parameters(), *pipe.projection_model.parameters()]
     opt = torch.optim.AdamW(params, lr=r["lr"], weight_decay=0.0, foreach=True)
@@ -115,7 +99,7 @@ def _train(out: Path, r: dict[str, Any], log: Callable[[str], None], evaluate: b
         m.train()
     start, losses = time.perf_counter(), []
     for step in range(r["steps"]):
-        losses.append(_step(pipe, latents, prompts, seconds, rotary, gen, r, opt, params))
+        losses.append(_step(pipe, latents, prompts, seconds, gen, r, opt, params))
         lr.step()
         log_progress(log, step, r["steps"], losses, start)
     train_s = time.perf_counter() - start
@@ -127,28 +111,20 @@ def _train(out: Path, r: dict[str, Any], log: Callable[[str], None], evaluate: b
     return save_toy(out, NAME, parts, report, (lambda: evaluate_tones(pipe)) if evaluate else None, log)
 
 
-def _step(pipe: Any, latents: torch.Tensor, prompts: list[str], seconds: float, rotary: Any,
-          gen: torch.Generator, r: dict[str, Any], opt: Any, params: list[torch.Tensor]) -> float:
+def _step(pipe: Any, latents: torch.Tensor, prompts: list[str], seconds: float, gen: torch.Generator,
+          r: dict[str, Any], opt: Any, params: list[torch.Tensor]) -> float:
     """One optimizer step of the EDM loss plus the text-sparsity penalty; returns the EDM loss."""
-    dit, sched = pipe.transformer, pipe.scheduler
-    sigma_data = sched.config.sigma_data
+    adapter = get_adapter("stable-audio")
     b = r["batch_size"]
     pick = torch.randint(len(latents), (b,), generator=gen)
-    z0 = latents[pick]
-    noise = torch.randn(z0.shape, generator=gen)
-    sigma = (torch.randn(b, generator=gen) * r["p_std"] + r["p_mean"]).exp().view(-1, 1, 1)
+    noised = objective_for(pipe.scheduler, p_mean=r["p_mean"], p_std=r["p_std"]).noise(latents[pick], gen)
     drop = torch.rand(b, generator=gen) < r["uncond_p"]
-    cross, glob = _conditioning(pipe, [prompts[i] for i in pick], seconds)
+    cond = adapter.train_conditioning(pipe, [prompts[i] for i in pick], latents.device, {"audio_end_in_s": seconds})
     # Under CFG the pipeline's unconditional input is all zeros (text and seconds tokens alike).
-    cross = torch.where(drop.view(-1, 1, 1), torch.zeros_like(cross), cross)
-    noisy = z0 + sigma * noise
-    pred = dit(sched.precondition_inputs(noisy, sigma), sched.precondition_noise(sigma.flatten()),
-               encoder_hidden_states=cross, global_hidden_states=glob, rotary_embedding=rotary,
-               return_dict=False)[0]
-    denoised = sched.precondition_outputs(noisy, pred, sigma)
-    weight = (sigma ** 2 + sigma_data ** 2) / (sigma * sigma_data) ** 2  # EDM: unit loss at every sigma
-    loss = (weight * (denoised - z0) ** 2).mean()
-    penalty = sum(block.attn2.to_out[0].weight.norm() for block in dit.transformer_blocks)
+    cross = cond["encoder_hidden_states"]
+    cond["encoder_hidden_states"] = torch.where(drop.view(-1, 1, 1), torch.zeros_like(cross), cross)
+    loss = noised.loss(adapter.denoise(pipe, noised.x, noised.t, cond))
+    penalty = sum(block.attn2.to_out[0].weight.norm() for block in pipe.transformer.transformer_blocks)
     descend(loss + r["text_sparsity"] * penalty, opt, params)
     return loss.item()
 

@@ -28,6 +28,7 @@ import numpy as np
 import torch
 
 from ..build import build_pipeline
+from ..objectives import objective_for
 from . import shapes
 from .train import (
     _defaults,
@@ -146,7 +147,7 @@ def _train(out: Path, r: dict[str, Any], log: Callable[[str], None], evaluate: b
     sched = cosine_schedule(opt, r["warmup"], r["steps"])
     transformer.train()
     text_encoder.train()
-    alphas = scheduler.alphas_cumprod
+    objective = objective_for(scheduler)  # prediction_type: sample, as toy-shapes
     cond = {"resolution": None, "aspect_ratio": None}
     losses: list[float] = []
     dit_start = time.perf_counter()
@@ -155,16 +156,11 @@ def _train(out: Path, r: dict[str, Any], log: Callable[[str], None], evaluate: b
         pick = torch.randint(len(train), (b,), generator=gen)
         # Some prompts dropped to "" so the model also learns the unconditional output CFG needs.
         text = torch.where(torch.rand(b, generator=gen) < r["uncond_p"], len(train), pick)
-        x0 = latents[pick]
-        noise = torch.randn(x0.shape, generator=gen)
-        t = torch.randint(scheduler.config.num_train_timesteps, (b,), generator=gen)
-        a = alphas[t].view(-1, 1, 1, 1)
-        xt = a.sqrt() * x0 + (1 - a).sqrt() * noise
+        noised = objective.noise(latents[pick], gen)
         ehs = text_encoder(ids[text], attention_mask=att[text])[0]
-        # The transformer predicts the clean latent (prediction_type: sample), as toy-shapes does.
-        pred = transformer(xt, encoder_hidden_states=ehs, encoder_attention_mask=att[text], timestep=t,
+        pred = transformer(noised.x, encoder_hidden_states=ehs, encoder_attention_mask=att[text], timestep=noised.t,
                            added_cond_kwargs=cond).sample
-        loss = torch.nn.functional.mse_loss(pred, x0)
+        loss = noised.loss(pred)
         total = loss
         if r["attn2_l1"]:  # the group lasso of the module docstring
             total = loss + r["attn2_l1"] * sum(blk.attn2.to_out[0].weight.norm() for blk in transformer.transformer_blocks)
