@@ -17,6 +17,7 @@ from multiloc.control.lora import lora_applied, wrapped
 from multiloc.media import to_pil
 from multiloc.objectives import objective_for
 from multiloc.toy import shapes, tones
+from multiloc.toy.train import torch_threads
 
 FT = importlib.import_module("multiloc.control.finetune")  # the module (multiloc.control.finetune is the function)
 COLOUR_SITE = "up_blocks.1.attentions.1.transformer_blocks.0.attn2"  # toy-shapes' published toy-colour site
@@ -48,9 +49,9 @@ def toy() -> multiloc.Model:
 
 @pytest.fixture(scope="module")
 def toy_lora(toy, shape_data, tmp_path_factory) -> Path:
-    torch.set_num_threads(1)
-    return FT.finetune(toy, shape_data, sites=COLOUR_SITE, steps=8, batch_size=4, lr=3e-3,
-                       out=tmp_path_factory.mktemp("lora"), checkpoint_every=0, progress=False)
+    with torch_threads(1):  # restored after: later test modules run with the default thread count
+        return FT.finetune(toy, shape_data, sites=COLOUR_SITE, steps=8, batch_size=4, lr=3e-3,
+                           out=tmp_path_factory.mktemp("lora"), checkpoint_every=0, progress=False)
 
 
 def _state(model: multiloc.Model) -> dict[str, torch.Tensor]:
