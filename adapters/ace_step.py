@@ -35,6 +35,7 @@ class AceStepAdapter(Adapter):
     site_rules = (SiteRule(kind="cross_attn", where=is_cross_attn, taps=("to_k", "to_v")),)
     prompt_in_call = True
     no_negative = "its pipeline takes no negative prompt (its guidance runs against a learnt null condition)"
+    no_finetune = "its DiT reads the packed lyric, timbre and caption sequence its pipeline builds inside the call"
     conditional_copy = 0  # its pipeline stacks (conditional, null) under guidance
     defaults = {"steps": 50, "guidance": 7.0, "audio_duration": 30.0, "max_text_length": 1024,
                 "lyrics": "[Instrumental]"}

@@ -66,6 +66,8 @@ class AudioLDM2Adapter(Adapter):
     denoiser_classes = ("AudioLDM2UNet2DConditionModel",)
     block_order = ("down_blocks", "mid_block", "up_blocks")
     defaults = {"steps": 100, "guidance": 4.5, "audio_length_in_s": 9.0}
+    no_finetune = ("its VAE reads log-mel spectrograms, and the pipeline carries no mel front end to turn "
+                   "training clips into them")
     negative_keys = dict(_KEYS)
 
     def sites(self, denoiser: nn.Module, settings: Mapping[str, Any] | None = None) -> list[Site]:

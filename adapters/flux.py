@@ -65,6 +65,32 @@ class FluxAdapter(Adapter):
     def pipeline_kwargs(self, pipe: Any, settings: dict[str, Any]) -> dict[str, Any]:
         return {**super().pipeline_kwargs(pipe, settings), "max_sequence_length": self.text_length(settings)}
 
+    def train_conditioning(self, pipe: Any, prompts: Sequence[str], device: torch.device,
+                           settings: Mapping[str, Any] | None = None) -> Conditioning:
+        cond = self.encode(pipe, prompts, device, settings)
+        # FLUX.1 dev reads the guidance scale as an input: train at the scale it samples with
+        guidance = float((settings or self.defaults).get("guidance", self.defaults["guidance"]))
+        return {**cond, "guidance": torch.full((len(prompts),), guidance, device=device)}
+
+    def denoise(self, pipe: Any, x: torch.Tensor, t: torch.Tensor, cond: Conditioning) -> torch.Tensor:
+        # As the pipeline calls it: 2 x 2 latent patches packed into tokens with their position ids, zero
+        # text ids, the timestep as sigma (the objective's t is sigma x 1000), guidance where embedded.
+        n, c, h, w = x.shape
+        tr = pipe.transformer
+        packed = type(pipe)._pack_latents(x, n, c, h, w)
+        img_ids = type(pipe)._prepare_latent_image_ids(n, h // 2, w // 2, x.device, x.dtype)
+        txt_ids = torch.zeros(cond["prompt_embeds"].shape[1], 3, device=x.device, dtype=x.dtype)
+        guidance = cond["guidance"].to(x.dtype) if tr.config.guidance_embeds else None
+        pred = tr(hidden_states=packed, timestep=t / 1000, guidance=guidance,
+                  pooled_projections=cond["pooled_prompt_embeds"], encoder_hidden_states=cond["prompt_embeds"],
+                  txt_ids=txt_ids, img_ids=img_ids, return_dict=False)[0]
+        return type(pipe)._unpack_latents(pred, h * pipe.vae_scale_factor, w * pipe.vae_scale_factor,
+                                          pipe.vae_scale_factor)
+
+    def sample_shape(self, pipe: Any, settings: Mapping[str, Any]) -> tuple[int, ...]:
+        size = pipe.default_sample_size * pipe.vae_scale_factor  # the pipeline's default height and width
+        return (3, int(settings.get("height") or size), int(settings.get("width") or size))
+
     def token_positions(self, pipe: Any, prompt: str, words: Sequence[str]) -> list[int]:
         # The sites read the T5 sequence only (CLIP gives the pooled embedding).
         return offsets_positions(pipe.tokenizer_2, prompt, words)

@@ -80,7 +80,18 @@ class SanaAdapter(PixArtAdapter):
     # No value taps declared: the contribution method needs token positions, not mapped for SANA yet.
     site_rules = (SiteRule(kind="cross_attn", where=is_attn2, taps=("to_k", "to_v"), masks=("attention_mask",)),)
     defaults = {"steps": 20, "guidance": 4.5, "max_sequence_length": 300}
-    denoise = Adapter.denoise  # not PixArt's call (no size conditioning; a DC-AE VAE): not supported yet
+
+    def denoise(self, pipe: Any, x: torch.Tensor, t: torch.Tensor, cond: Conditioning) -> torch.Tensor:
+        # As the pipeline calls it: the flow timestep (sigma x 1000) times the model's timestep_scale
+        tr = pipe.transformer
+        pred = tr(x, encoder_hidden_states=cond["prompt_embeds"], encoder_attention_mask=cond["prompt_attention_mask"],
+                  timestep=t * tr.config.timestep_scale, return_dict=False)[0]
+        return pred[:, :x.shape[1]]  # a learned sigma doubles the channels: the first half is the prediction
+
+    def to_latents(self, pipe: Any, x: torch.Tensor) -> torch.Tensor:
+        # A DC-AE: deterministic latents, scaled as the pipeline's decoding divides them back
+        vae = pipe.vae
+        return vae.encode(x.to(vae.device, vae.dtype)).latent * vae.config.scaling_factor
 
     def encode(self, pipe: Any, prompts: Sequence[str], device: torch.device,
                settings: Mapping[str, Any] | None = None) -> Conditioning:

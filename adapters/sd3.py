@@ -69,6 +69,12 @@ class SD3Adapter(Adapter):
         return {**super().pipeline_kwargs(pipe, settings),
                 "max_sequence_length": settings.get("max_sequence_length", 256)}
 
+    def denoise(self, pipe: Any, x: torch.Tensor, t: torch.Tensor, cond: Conditioning) -> torch.Tensor:
+        # As the pipeline calls it: the flow-matching timestep (sigma x 1000), the joint text sequence and
+        # the pooled CLIP embedding
+        return pipe.transformer(hidden_states=x, timestep=t, encoder_hidden_states=cond["prompt_embeds"],
+                                pooled_projections=cond["pooled_prompt_embeds"], return_dict=False)[0]
+
     def token_positions(self, pipe: Any, prompt: str, words: Sequence[str]) -> list[int]:
         # The text sequence is the CLIP tokens (padded to the tokenizer's length), then the T5 tokens.
         clip = offsets_positions(pipe.tokenizer, prompt, words)

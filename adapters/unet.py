@@ -21,7 +21,6 @@ import torch
 from torch import nn
 
 from multiloc.adapter import Adapter, Conditioning
-from multiloc.errors import UserError
 from multiloc.sites import SiteRule
 
 
@@ -66,11 +65,13 @@ class UNetAdapter(Adapter):
                                  do_classifier_free_guidance=True, negative_prompt=None)
         return dict(zip(_ENCODED[len(out)], out))
 
-    def check_finetune(self, pipe: Any) -> None:
-        if pipe.unet.config.addition_embed_type == "text_time":
-            raise UserError("fine-tuning is not supported yet for SDXL-style U-Nets (pooled text and size "
-                            "conditioning)")
-
     def denoise(self, pipe: Any, x: torch.Tensor, t: torch.Tensor, cond: Conditioning) -> torch.Tensor:
-        pred = pipe.unet(x, t, encoder_hidden_states=cond["prompt_embeds"]).sample
+        extra = None
+        if pipe.unet.config.addition_embed_type == "text_time":
+            # SDXL: the pooled text and the size conditioning, as the pipeline builds them for an image
+            # of this size, uncropped (original size = target size)
+            h, w = (d * pipe.vae_scale_factor for d in x.shape[-2:])
+            ids = torch.tensor([[h, w, 0, 0, h, w]], dtype=x.dtype, device=x.device).repeat(x.shape[0], 1)
+            extra = {"text_embeds": cond["pooled_prompt_embeds"], "time_ids": ids}
+        pred = pipe.unet(x, t, encoder_hidden_states=cond["prompt_embeds"], added_cond_kwargs=extra).sample
         return pred[:, :x.shape[1]]  # IF's U-Net also predicts a variance: the first channels are the prediction

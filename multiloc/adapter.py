@@ -60,6 +60,7 @@ class Adapter:
     # Empty: the family takes no negative prompt, and ``no_negative`` says why.
     negative_keys: ClassVar[dict[str, str]] = {}
     no_negative: ClassVar[str] = "its pipeline takes no negative prompt"
+    no_finetune: ClassVar[str] = ""  # why ``multiloc finetune`` cannot train this family yet
     # Family defaults; a registry entry overrides them with the settings its paper used.
     defaults: ClassVar[dict[str, Any]] = {"steps": 50, "guidance": 7.5}
 
@@ -109,7 +110,8 @@ class Adapter:
     def check_finetune(self, pipe: Any) -> None:
         """UserError unless ``multiloc finetune`` supports this pipeline (checked before any work)."""
         if type(self).denoise is Adapter.denoise:
-            raise UserError(f"fine-tuning is not supported yet for the {self.name} family")
+            why = f" ({self.no_finetune})" if self.no_finetune else ""
+            raise UserError(f"fine-tuning is not supported yet for the {self.name} family{why}")
 
     def sample_shape(self, pipe: Any, settings: Mapping[str, Any]) -> tuple[int, ...]:
         """The shape of one clean training sample before :meth:`to_latents`: images ``(3, H, W)``

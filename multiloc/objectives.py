@@ -7,7 +7,7 @@ of the scheduler's ``prediction_type``:
 
 - DDPM-style schedulers (``alphas_cumprod``): ``epsilon`` (target: the noise), ``sample`` (the clean
   sample), ``v_prediction`` (``sqrt(a) noise - sqrt(1 - a) x0``); ``t`` uniform over the training steps.
-- Flow matching (``FlowMatchEulerDiscreteScheduler``: SD3, FLUX, SANA): ``x_s = (1 - s) x0 + s noise``,
+- Flow matching (``FlowMatchEulerDiscreteScheduler``: SD3, FLUX; SANA's DPM-Solver with ``flow_prediction``): ``x_s = (1 - s) x0 + s noise``,
   target ``noise - x0``, timestep ``s x num_train_timesteps``, ``s`` uniform.
 - EDM (schedulers with ``precondition_*``: Stable Audio's CosineDPMSolver, EDM DPM-Solver): ``sigma``
   log-normal, the scheduler's own preconditioning, the loss weighted to unit variance at every sigma.
@@ -150,8 +150,8 @@ def objective_for(scheduler: Any, **options: Any) -> Objective:
     """
     if hasattr(scheduler, "precondition_inputs"):
         return EDMObjective(scheduler, **options)
-    if "FlowMatch" in type(scheduler).__name__:
-        return FlowObjective(scheduler)
+    if "FlowMatch" in type(scheduler).__name__ or scheduler.config.get("prediction_type") == "flow_prediction":
+        return FlowObjective(scheduler)  # SANA samples flow with a DPM-Solver set to flow_prediction
     if hasattr(scheduler, "alphas_cumprod"):
         return DDPMObjective(scheduler)
     raise UserError(f"no training objective is known for the {type(scheduler).__name__} scheduler")

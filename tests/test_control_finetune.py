@@ -96,16 +96,22 @@ def test_stock_load_lora_weights_gives_the_same_outputs(toy, toy_lora, one_threa
     assert max(float(abs(a - b).max()) for a, b in zip(ours, theirs)) < 1e-6
 
 
-def test_tiny_sd_through_its_vae_and_stock_loading(tiny_sd, shape_data, tmp_path, one_thread):
-    out = FT.finetune(tiny_sd, shape_data, sites="0,3", steps=2, batch_size=2, lr=1e-2, out=tmp_path / "lora",
+@pytest.mark.parametrize("name, objective", [("tiny-sd", "epsilon"), ("tiny-sdxl", "epsilon"),
+                                             ("tiny-sd3", "flow_matching"), ("tiny-flux", "flow_matching"),
+                                             ("tiny-sana", "flow_matching")])
+def test_families_through_their_vae_and_stock_loading(name, objective, shape_data, tmp_path, one_thread):
+    """Each family's own denoiser call and loss (SDXL's size conditioning, SD3's pooled text, FLUX's packed
+    latents and guidance, SANA's DC-AE); stock ``load_lora_weights`` gives multiloc's outputs."""
+    model = multiloc.load(name)
+    out = FT.finetune(model, shape_data, sites="0", steps=2, batch_size=2, lr=1e-2, out=tmp_path / "lora",
                       checkpoint_every=0, progress=False)
-    assert json.loads((out / "finetune.json").read_text())["objective"] == "epsilon"
-    stock = multiloc.load("tiny-sd")
+    assert json.loads((out / "finetune.json").read_text())["objective"] == objective
+    stock = multiloc.load(name)
     stock.pipe.load_lora_weights(str(out))
-    with lora_applied(tiny_sd, out):
-        ours = tiny_sd.generate(["a red cube"], seed=0, steps=2)[0]
+    with lora_applied(model, out):
+        ours = model.generate(["a red cube"], seed=0, steps=2)[0]
     assert float(abs(ours - stock.generate(["a red cube"], seed=0, steps=2)[0]).max()) < 1e-6
-    assert float(abs(ours - tiny_sd.generate(["a red cube"], seed=0, steps=2)[0]).max()) > 1e-5  # not a no-op
+    assert float(abs(ours - model.generate(["a red cube"], seed=0, steps=2)[0]).max()) > 1e-5  # not a no-op
 
 
 def test_resume_after_an_interruption_equals_an_uninterrupted_run(toy, shape_data, tmp_path, monkeypatch, one_thread):
@@ -245,10 +251,10 @@ def test_bad_lora_and_unsupported_family_one_line_exit_2(toy_lora, shape_data, t
     assert _run("generate", "--model", "toy-shapes", "--prompt", "a cube", "--lora", str(tmp_path),
                 "--out", str(tmp_path / "g"), "--quiet") == 2
     assert "not a multiloc LoRA folder" in capsys.readouterr().err
-    assert _run("finetune", "--model", "tiny-sd3", "--data", str(shape_data), "--sites", "0",
+    assert _run("finetune", "--model", "tiny-audioldm2", "--data", str(shape_data), "--sites", "0",
                 "--out", str(tmp_path / "o"), "--quiet") == 2
     err = capsys.readouterr().err.strip()
-    assert len(err.splitlines()) == 1 and "not supported yet for the sd3 family" in err, err
+    assert len(err.splitlines()) == 1 and "not supported yet for the audioldm2 family" in err, err
     assert _run("finetune", "--model", "toy-shapes", "--data", str(shape_data), "--sites", COLOUR_SITE,
                 "--targets", "to_q,to_x", "--out", str(tmp_path / "o"), "--quiet") == 2
     assert "no linear projection 'to_x'" in capsys.readouterr().err
