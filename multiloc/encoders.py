@@ -9,8 +9,7 @@ and the attention's output projection (:data:`PARTS`).
 Example::
 
     enc = find_encoder(model, "text_encoder")
-    len(enc.layers), enc.part(0, "attn"), enc.out_proj(0)      # (2, CLIPAttention, Linear)
-    with capture_first(enc.layers[0], ...): run_encoders(model, ["a blue circle"])
+    len(enc.layers), enc.part(0, "attn"), enc.out_proj(0)[1]   # 2, CLIPAttention, 'text_encoder.encoder...'
 """
 
 from __future__ import annotations
@@ -57,8 +56,11 @@ class Encoder:
         raise UserError(f"{self.name}'s layers ({type(block).__name__}) have no {component} part multiloc "
                         f"knows (looked for {', '.join(PARTS[component])})")
 
-    def out_proj_path(self, layer: int) -> str:
-        """The parameter path (inside the pipeline) of ``layer``'s self-attention output projection."""
+    def out_proj(self, layer: int) -> tuple[nn.Linear, str]:
+        """``layer``'s self-attention output projection and its weight's key in a weight file
+        (``text_encoder.encoder.layers.0.self_attn.out_proj.weight``: the pipeline path, then the parameter's)."""
+        if not 0 <= layer < len(self.layers):
+            raise UserError(f"{self.name} has layers 0-{len(self.layers) - 1}, not {layer}")
         attn = self.part(layer, "attn")
         for path in OUT_PROJ:
             try:
@@ -66,8 +68,8 @@ class Encoder:
             except AttributeError:
                 continue
             if isinstance(m, nn.Linear):
-                prefix = next(n for n, x in self.module.named_modules() if x is attn)
-                return f"{self.name}.{prefix}.{path}"
+                prefix = next(n for n, x in self.module.named_modules() if x is m)
+                return m, f"{self.name}.{prefix}.weight"
         raise UserError(f"{self.name} layer {layer}: no linear output projection of the self-attention found "
                         f"(looked for {', '.join(OUT_PROJ)})")
 

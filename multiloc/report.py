@@ -53,7 +53,7 @@ def plot_trace(trace) -> bytes:
     layers across, the embedding output first; the concept's tokens starred). PNG bytes."""
     plt = _pyplot()
     effects = np.array(trace.effect, dtype=float).T  # (tokens, layers)
-    fig, ax = plt.subplots(figsize=(0.5 * effects.shape[1] + 2.6, 0.32 * effects.shape[0] + 1.4), dpi=110)
+    fig, ax = plt.subplots(figsize=(0.5 * effects.shape[1] + 3.4, 0.32 * effects.shape[0] + 1.4), dpi=110)
     im = ax.imshow(effects, aspect="auto", cmap={"block": "Purples", "attn": "Reds", "mlp": "Greens"}
                    .get(trace.component, "viridis"), vmin=min(0.0, np.nanmin(effects)), vmax=max(1.0, np.nanmax(effects)))
     labels = [f"{t}*" if i in trace.concept_positions else t for i, t in enumerate(trace.tokens)]
