@@ -50,8 +50,12 @@ class StepCounter:
 def hooks(forward: Sequence[tuple[nn.Module, Callable]] = (),
           pre: Sequence[tuple[nn.Module, Callable]] = (),
           pre_kw: Sequence[tuple[nn.Module, Callable]] = (),
-          forward_kwargs: Sequence[tuple[nn.Module, Callable]] = ()) -> Iterator[None]:
+          forward_kwargs: Sequence[tuple[nn.Module, Callable]] = (),
+          forward_first: Sequence[tuple[nn.Module, Callable]] = ()) -> Iterator[None]:
     """Register forward hooks and forward pre-hooks; remove all of them on exit, whatever happens.
+
+    ``forward_first`` hooks run before the module's other forward hooks (a replaced output then reaches
+    hooks that others registered, e.g. transformers' ``hidden_states`` recorders).
 
     ``pre_kw`` pre-hooks see and may replace the keyword arguments: ``fn(module, args, kwargs)``;
     ``forward_kwargs`` hooks also see the call's keyword arguments: ``fn(module, args, kwargs, out)``.
@@ -69,6 +73,8 @@ def hooks(forward: Sequence[tuple[nn.Module, Callable]] = (),
             handles.append(module.register_forward_hook(fn))
         for module, fn in forward_kwargs:
             handles.append(module.register_forward_hook(fn, with_kwargs=True))
+        for module, fn in forward_first:
+            handles.append(module.register_forward_hook(fn, prepend=True))
         yield
     finally:
         for h in handles:
@@ -418,13 +424,16 @@ def corrupt_restore(first_layer: nn.Module, parts: Sequence[nn.Module], clean: d
     """Causal tracing inside a text encoder, one behaviour per row of each call that encodes the prompt.
 
     The prompt's calls are recognised by their rows whose embedding output equals ``clean["embed"]``
-    (the prompt's, from :func:`capture_encoder`); the k-th such row follows ``rows[k]``: ``None`` keeps
+    (the prompt's, from :func:`capture_encoder`); the k-th such row, over all calls, follows ``rows[k]``: ``None`` keeps
     it clean; ``(layer, restore)`` adds ``noise`` at ``positions`` of the embedding output, then puts
     the clean state (``clean[layer]``, the output of ``parts[layer]``; ``layer`` -1: the embedding output)
-    back at the positions ``restore``. Calls with no such row (negative prompts) are left alone.
+    back at the positions ``restore``. Calls with no such row (negative prompts) are left alone. The
+    restoring hooks run before any other forward hook (transformers records ``hidden_states`` with
+    hooks of its own, which must see the restored states).
     """
     ref = clean["embed"][0]
     active: list[object] = []  # the current call's behaviour per batch row (None: not ours)
+    count = [0]  # prompt rows seen so far, over calls
     pos = list(positions)
 
     def put(x: torch.Tensor, layer: int) -> torch.Tensor:
@@ -439,14 +448,13 @@ def corrupt_restore(first_layer: nn.Module, parts: Sequence[nn.Module], clean: d
 
     def pre(module: nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict] | None:
         x = _hidden_in(args, kwargs)
-        ours = [b for b in range(x.shape[0]) if x.shape[1:] == ref.shape and torch.equal(x[b], ref.to(x.device, x.dtype))]
+        ours = [b for b in range(x.shape[0]) if x.shape[1:] == ref.shape and _same(x[b], ref)]
         active[:] = [None] * x.shape[0]
         if not ours:
             return None
-        if len(ours) != len(rows):
-            raise RuntimeError(f"the encoder saw {len(ours)} copies of the prompt, expected {len(rows)}")
-        for b, r in zip(ours, rows):
-            active[b] = r
+        for b in ours:  # the rows may come one call each (AudioLDM2 encodes prompt by prompt)
+            active[b] = rows[count[0] % len(rows)]
+            count[0] += 1
         x = x.clone()
         for b in ours:
             if active[b] is not None:
@@ -458,5 +466,11 @@ def corrupt_restore(first_layer: nn.Module, parts: Sequence[nn.Module], clean: d
             return _with_first(out, put(_first(out), layer)) if any(r is not None for r in active) else None
         return hook
 
-    with hooks(pre_kw=[(first_layer, pre)], forward=[(m, make_hook(i)) for i, m in enumerate(parts)]):
+    with hooks(pre_kw=[(first_layer, pre)], forward_first=[(m, make_hook(i)) for i, m in enumerate(parts)]):
         yield
+
+
+def _same(x: torch.Tensor, ref: torch.Tensor) -> bool:
+    """Whether ``x`` is ``ref``'s prompt (an embedding output after a LayerNorm, as RoBERTa's, differs in
+    the last bits with the batch size; another prompt differs by far more)."""
+    return torch.allclose(x.float(), ref.to(x.device).float(), rtol=1e-4, atol=1e-5)
