@@ -8,7 +8,7 @@
    generalisation (the source's unseen prompts), specificity (the other values' prompts keep theirs),
    the other concept kept.
 
-    .venv/bin/python benchmarks/encoder_trace.py                       # all (~4 min, 1 core)
+    .venv/bin/python benchmarks/encoder_trace.py                       # all (~5 min, 1 core)
     .venv/bin/python benchmarks/encoder_trace.py --models toy-shapes --skip-trace
 """
 
@@ -47,6 +47,7 @@ def main() -> None:
     ap.add_argument("--models", nargs="+", default=list(CONCEPTS))
     ap.add_argument("--seeds", type=int, default=1)
     ap.add_argument("--steps", type=int, help="denoising steps (default: the model's)")
+    ap.add_argument("--components", nargs="+", default=["block", "attn", "mlp"])
     ap.add_argument("--lam", type=float, nargs="+", default=[0.001, 0.01])
     ap.add_argument("--docs", default="docs", help="where the maps go")
     ap.add_argument("--skip-trace", action="store_true")
@@ -56,13 +57,14 @@ def main() -> None:
     for name in args.models:
         model = multiloc.load(name)
         if not args.skip_trace:
-            for concept in CONCEPTS[name]:
+            for concept, component in [(c, k) for c in CONCEPTS[name] for k in args.components]:
                 t0 = time.time()
-                tr = trace_encoder(model, concept, seeds=args.seeds, steps=args.steps, progress=False)
+                tr = trace_encoder(model, concept, component=component, seeds=args.seeds, steps=args.steps,
+                                   progress=False)
                 Path(args.docs).mkdir(exist_ok=True)
                 from multiloc.report import plot_trace
 
-                png = Path(args.docs) / f"trace-{name}-{concept}.png"
+                png = Path(args.docs) / f"trace-{name}-{concept}{'' if component == 'block' else '-' + component}.png"
                 png.write_bytes(plot_trace(tr))
                 clean, bad = np.mean(tr.samples["clean"]), np.mean(tr.samples["corrupted"])
                 print(f"\n{name} · {concept} · {tr.encoder} ({tr.component}): score clean {clean:.2f}, "
