@@ -46,7 +46,8 @@ EMBED = -1
 @dataclass
 class EncoderTrace:
     """A layers x tokens map (see the module docstring); ``effect[l][t]`` and ``ci[l][t] = [lo, hi]``
-    for layer row ``l`` (row 0: the embedding output) and token position ``t``."""
+    for layer row ``l`` (row 0: the embedding output) and token position ``t`` (a last column
+    ``<padding>``, where the encoder pads: every padding position restored together)."""
 
     model: str
     concept: str
@@ -78,13 +79,22 @@ class EncoderTrace:
         return cls(**data)
 
 
+PAD = "<padding>"
+
+
 @dataclass
 class Prepared:
-    """What a sample's rows need: the clean states, its noise and the corrupted positions."""
+    """What a sample's rows need: the clean states, its noise, the corrupted positions and the
+    prompt's real length (positions past it, up to the encoded sequence's length, are padding)."""
 
     clean: dict
     noise: torch.Tensor
     positions: list[int]
+    length: int = 0
+
+    @property
+    def padding(self) -> tuple[int, ...]:
+        return tuple(range(self.length, self.clean["embed"].shape[1]))
 
 
 def parts(enc: Encoder, component: str) -> list[torch.nn.Module]:
@@ -107,7 +117,8 @@ def prepare(model: Model, enc: Encoder, modules: Sequence[torch.nn.Module], prom
     real = len(enc.tokenizer(prompt, truncation=True)["input_ids"])
     gen = torch.Generator("cpu").manual_seed(seed)
     sigma = float(x[:real].float().std())
-    return Prepared(clean, torch.randn((len(positions), x.shape[-1]), generator=gen) * noise * sigma, positions)
+    return Prepared(clean, torch.randn((len(positions), x.shape[-1]), generator=gen) * noise * sigma, positions,
+                    min(real, x.shape[0]))
 
 
 def traced_outputs(model: Model, enc: Encoder, modules: Sequence[torch.nn.Module], prompt: str,
@@ -138,8 +149,8 @@ def trace_encoder(model: Model | str, concept: Concept | str, *, encoder: str | 
     finished rows so an interrupted run resumes.
 
     >>> tr = trace_encoder("toy-shapes", "toy-colour", steps=4)
-    >>> np.array(tr.effect).shape        # (1 + layers, tokens)
-    (3, 5)
+    >>> np.array(tr.effect).shape        # (1 + layers, tokens + padding)
+    (3, 7)
     """
     from . import scorer_for
 
@@ -161,10 +172,16 @@ def trace_encoder(model: Model | str, concept: Concept | str, *, encoder: str | 
     width = max(len(i) for i in ids)
     names = [[enc.tokenizer.convert_ids_to_tokens(t) for t in i] for i in ids]
     tokens = ["/".join(dict.fromkeys(n[t] for n in names if t < len(n))) for t in range(width)]
+    # Padding positions (CLIP pads to 77; a causal encoder's padding reads the whole prompt) are one
+    # column, restored together, where the encoder pads.
+    probe = prepare(model, enc, modules, concept.pairs[0].donor, concept.tokens(concept.pairs[0]), 0, noise)
+    columns = list(range(width)) + ([PAD] if probe.padding else [])
+    tokens += [PAD] if probe.padding else []
     layer_names = ["embed"] + [f"layer {i}" for i in range(len(enc.layers))]
-    cells = [(layer, t) for layer in range(EMBED, len(enc.layers)) for t in range(width)]
+    cells = [(layer, t) for layer in range(EMBED, len(enc.layers)) for t in columns]
     rows = [Row((), label=f"{layer_names[layer + 1]}@{t}") for layer, t in cells]
-    spec = {r.key: (layer, (t,)) for r, (layer, t) in zip(rows, cells)}
+    spec = {r.key: cell for r, cell in zip(rows, cells)}
+    width = len(columns)
 
     units, prepared = [], {}
     for p, pair in enumerate(concept.pairs):
@@ -181,8 +198,11 @@ def trace_encoder(model: Model | str, concept: Concept | str, *, encoder: str | 
         return got
 
     def run(unit: Unit, todo: list[Row], with_base: bool) -> list[np.ndarray]:
-        behaviour = [None] + [(EMBED, ())] * int(with_base) + [spec[r.key] for r in todo]
-        return traced_outputs(model, enc, modules, unit.donor, prep(unit), behaviour, seed=unit.seed,
+        got = prep(unit)
+        cells = [spec[r.key] for r in todo]
+        behaviour = [None] + [(EMBED, ())] * int(with_base) + [
+            (layer, got.padding if t == PAD else (t,)) for layer, t in cells]
+        return traced_outputs(model, enc, modules, unit.donor, got, behaviour, seed=unit.seed,
                               steps=steps, guidance=guidance)
 
     config = {"seeds": seeds, "steps": steps, "guidance": guidance, "batch_size": batch_size, "noise": noise,
