@@ -61,6 +61,7 @@ def _pad(x: torch.Tensor, length: int) -> torch.Tensor:
 
 class AudioLDM2Adapter(Adapter):
     name = "audioldm2"
+    text_encoders = (("text_encoder.text_model", "tokenizer"), ("text_encoder_2", "tokenizer_2"))
     modality = "audio"
     denoiser_attr = "unet"
     denoiser_classes = ("AudioLDM2UNet2DConditionModel",)

@@ -34,6 +34,7 @@ def is_single_stream(name: str, module: nn.Module) -> bool:
 
 class FluxAdapter(Adapter):
     name = "flux"
+    text_encoders = (("text_encoder", "tokenizer"), ("text_encoder_2", "tokenizer_2"))
     modality = "image"
     denoiser_attr = "transformer"
     denoiser_classes = ("FluxTransformer2DModel",)

@@ -43,6 +43,8 @@ def sites_with_pooled(adapter: Adapter, denoiser: nn.Module, settings: Mapping[s
 
 class SD3Adapter(Adapter):
     name = "sd3"
+    text_encoders = (("text_encoder", "tokenizer"), ("text_encoder_2", "tokenizer_2"),
+                     ("text_encoder_3", "tokenizer_3"))
     modality = "image"
     denoiser_attr = "transformer"
     denoiser_classes = ("SD3Transformer2DModel",)

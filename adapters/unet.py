@@ -45,6 +45,7 @@ _ENCODED = {
 
 class UNetAdapter(Adapter):
     name = "unet"
+    text_encoders = (("text_encoder", "tokenizer"), ("text_encoder_2", "tokenizer_2"))
     modality = "image"
     denoiser_attr = "unet"
     denoiser_classes = ("UNet2DConditionModel",)

@@ -16,6 +16,7 @@ from .control.steer import steering_vectors as steer
 from .errors import UserError
 from .interventions import Patch, StepWindow
 from .localize import scan
+from .localize.encoder_trace import EncoderTrace, trace_encoder
 from .model import Model, load
 from .registry import register_adapter
 from .results import Result
@@ -23,8 +24,8 @@ from .scorers import Scorer, get_scorer, register_scorer
 from .sites import Site
 
 __all__ = [
-    "Concept", "Model", "control", "Pair", "Patch", "Result", "Scorer", "Site", "StepWindow", "UserError",
+    "Concept", "EncoderTrace", "Model", "control", "Pair", "Patch", "Result", "Scorer", "Site", "StepWindow", "UserError",
     "edit", "finetune", "get_scorer", "load", "register_adapter", "register_scorer", "rewrite", "scan",
-    "steer",
+    "steer", "trace_encoder",
 ]
 __version__ = "0.1.0"

@@ -61,6 +61,10 @@ class Adapter:
     negative_keys: ClassVar[dict[str, str]] = {}
     no_negative: ClassVar[str] = "its pipeline takes no negative prompt"
     no_finetune: ClassVar[str] = ""  # why ``multiloc finetune`` cannot train this family yet
+    # Text encoders (``multiloc trace``, encoder edits): (module path in the pipeline, its tokenizer's
+    # attribute); the layers and their parts are found by transformers' names (multiloc/encoders.py).
+    # Entries a pipeline lacks are skipped (SD has no text_encoder_2).
+    text_encoders: ClassVar[tuple[tuple[str, str], ...]] = (("text_encoder", "tokenizer"),)
     # Family defaults; a registry entry overrides them with the settings its paper used.
     defaults: ClassVar[dict[str, Any]] = {"steps": 50, "guidance": 7.5}
 

@@ -1,4 +1,4 @@
-"""The ``multiloc`` command line: ``models``, ``sites``, ``scan``, ``demo``, ``train-toy``, and the control
+"""The ``multiloc`` command line: ``models``, ``sites``, ``scan``, ``trace``, ``demo``, ``train-toy``, and the control
 commands (``generate`` ...: :mod:`multiloc.control.commands`).
 
 Errors a user can cause print one line on stderr and exit with code 2 (never a traceback).
@@ -174,6 +174,26 @@ def cmd_scan(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_trace(args: argparse.Namespace) -> int:
+    from .concepts import Concept
+    from .control.commands import load_model
+    from .localize.encoder_trace import trace_encoder
+
+    concept = Concept.load(args.concept)  # before loading weights: a typo should fail in a second
+    model = load_model(args)
+    out = Path(args.out or Path("multiloc-out") / f"{re.sub(r'[^A-Za-z0-9_.-]+', '_', model.name)}-{concept.name}-trace")
+    tr = trace_encoder(model, concept, encoder=args.encoder, component=args.component, seeds=args.seeds,
+                       steps=args.steps, guidance=args.guidance, batch_size=args.batch_size, noise=args.noise,
+                       scorer=args.scorer, out=out, progress=not args.quiet)
+    width = max(len(t) for t in tr.tokens)
+    print(f"{'token':<{width}}  " + "  ".join(f"{name:>8}" for name in tr.layers))
+    for t, token in enumerate(tr.tokens):
+        star = "*" if t in tr.concept_positions else " "
+        print(f"{token:<{width}}{star} " + "  ".join(f"{row[t]:8.2f}" for row in tr.effect))
+    print(f"wrote {out / 'trace.json'}, trace.png ({tr.runtime_s:.1f} s)")
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from .demo import run_demo
 
@@ -296,6 +316,27 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_scan)
 
+    from .control.commands import model_options
+    from .encoders import COMPONENTS
+
+    p = sub.add_parser("trace", help="causal tracing in a text encoder: a layers x tokens map of where the "
+                       "concept is recalled (ROME / Basu et al.)")
+    model_options(p)
+    p.add_argument("--concept", required=True, help="built-in concept name or path to a concept YAML")
+    p.add_argument("--encoder", help="which text encoder, by its pipeline name (text_encoder_2 ...; default: the "
+                   "model's first)")
+    p.add_argument("--component", default="block", choices=COMPONENTS,
+                   help="the state restored: a layer's output (block), its self-attention or its MLP (default: block)")
+    p.add_argument("--seeds", type=_positive("--seeds"), default=1, help="seeds per prompt pair (default: 1)")
+    p.add_argument("--batch-size", type=_positive("--batch-size"), default=8,
+                   help="rows per generation, at least 2; CFG doubles them (default: 8)")
+    p.add_argument("--noise", type=float, default=3.0,
+                   help="noise on the concept's tokens, in standard deviations of the embeddings (default: 3)")
+    p.add_argument("--scorer", help=f"override the concept's scorer ({', '.join(scorer_names())})")
+    p.add_argument("--out", help="output directory (default: multiloc-out/MODEL-CONCEPT-trace); rerun to resume")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_trace)
+
     p = sub.add_parser("demo", help="localize the built-in toy models' concepts (image and audio): offline, under 2 minutes on a CPU")
     p.add_argument("--out", default="multiloc-out/demo", help="output directory (default: multiloc-out/demo)")
     p.add_argument("--seeds", type=_positive("--seeds"), default=1, help="seeds per prompt pair (default: 1)")
@@ -318,8 +359,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    if args.command == "scan" and args.batch_size < 2:
-        print("multiloc scan: error: --batch-size must be at least 2 (the donor row and one patched row)",
+    if args.command in ("scan", "trace") and args.batch_size < 2:
+        print(f"multiloc {args.command}: error: --batch-size must be at least 2 (the donor row and one patched row)",
               file=sys.stderr)
         return 2
     _quiet_libraries()

@@ -50,8 +50,12 @@ class StepCounter:
 def hooks(forward: Sequence[tuple[nn.Module, Callable]] = (),
           pre: Sequence[tuple[nn.Module, Callable]] = (),
           pre_kw: Sequence[tuple[nn.Module, Callable]] = (),
-          forward_kwargs: Sequence[tuple[nn.Module, Callable]] = ()) -> Iterator[None]:
+          forward_kwargs: Sequence[tuple[nn.Module, Callable]] = (),
+          forward_first: Sequence[tuple[nn.Module, Callable]] = ()) -> Iterator[None]:
     """Register forward hooks and forward pre-hooks; remove all of them on exit, whatever happens.
+
+    ``forward_first`` hooks run before the module's other forward hooks (a replaced output then reaches
+    hooks that others registered, e.g. transformers' ``hidden_states`` recorders).
 
     ``pre_kw`` pre-hooks see and may replace the keyword arguments: ``fn(module, args, kwargs)``;
     ``forward_kwargs`` hooks also see the call's keyword arguments: ``fn(module, args, kwargs, out)``.
@@ -69,6 +73,8 @@ def hooks(forward: Sequence[tuple[nn.Module, Callable]] = (),
             handles.append(module.register_forward_hook(fn))
         for module, fn in forward_kwargs:
             handles.append(module.register_forward_hook(fn, with_kwargs=True))
+        for module, fn in forward_first:
+            handles.append(module.register_forward_hook(fn, prepend=True))
         yield
     finally:
         for h in handles:
@@ -374,3 +380,97 @@ def guide_prediction(denoiser: nn.Module, n_rows: int, latent_from: dict[int, in
 
     with hooks(pre_kw=[(denoiser, pre)], forward_kwargs=[(denoiser, post)]):
         yield counter
+
+
+def _hidden_in(args: tuple, kwargs: dict) -> torch.Tensor:
+    """The hidden states a transformers layer is called with (positionally or as ``hidden_states``)."""
+    return args[0] if args else kwargs["hidden_states"]
+
+
+def _with_hidden(args: tuple, kwargs: dict, x: torch.Tensor) -> tuple[tuple, dict]:
+    return ((x, *args[1:]), kwargs) if args else (args, {**kwargs, "hidden_states": x})
+
+
+def _with_first(out: object, x: torch.Tensor) -> object:
+    return (x, *out[1:]) if isinstance(out, tuple) else x
+
+
+@contextmanager
+def capture_encoder(first_layer: nn.Module, parts: Sequence[nn.Module]) -> Iterator[dict[str, torch.Tensor]]:
+    """Record, from the FIRST call only, a text encoder's embedding output (its first layer's input,
+    ``store["embed"]``) and each of ``parts``' outputs (``store[i]``, the first element of a tuple).
+
+    >>> with capture_encoder(enc.layers[0], [enc.part(i, "block") for i in range(2)]) as store:
+    ...     run_encoders(model, ["a blue circle"])
+    >>> store["embed"].shape, store[1].shape       # (1, tokens, width) each
+    """
+    store: dict = {}
+
+    def pre(module: nn.Module, args: tuple, kwargs: dict) -> None:
+        store.setdefault("embed", _hidden_in(args, kwargs).detach().clone())
+
+    def make_hook(i: int) -> Callable:
+        def hook(module: nn.Module, args: tuple, out: object) -> None:
+            store.setdefault(i, _first(out).detach().clone())
+        return hook
+
+    with hooks(pre_kw=[(first_layer, pre)], forward=[(m, make_hook(i)) for i, m in enumerate(parts)]):
+        yield store
+
+
+@contextmanager
+def corrupt_restore(first_layer: nn.Module, parts: Sequence[nn.Module], clean: dict, rows: Sequence[object],
+                    noise: torch.Tensor, positions: Sequence[int]) -> Iterator[None]:
+    """Causal tracing inside a text encoder, one behaviour per row of each call that encodes the prompt.
+
+    The prompt's calls are recognised by their rows whose embedding output equals ``clean["embed"]``
+    (the prompt's, from :func:`capture_encoder`); the k-th such row, over all calls, follows ``rows[k]``: ``None`` keeps
+    it clean; ``(layer, restore)`` adds ``noise`` at ``positions`` of the embedding output, then puts
+    the clean state (``clean[layer]``, the output of ``parts[layer]``; ``layer`` -1: the embedding output)
+    back at the positions ``restore``. Calls with no such row (negative prompts) are left alone. The
+    restoring hooks run before any other forward hook (transformers records ``hidden_states`` with
+    hooks of its own, which must see the restored states).
+    """
+    ref = clean["embed"][0]
+    active: list[object] = []  # the current call's behaviour per batch row (None: not ours)
+    count = [0]  # prompt rows seen so far, over calls
+    pos = list(positions)
+
+    def put(x: torch.Tensor, layer: int) -> torch.Tensor:
+        todo = [(b, r[1]) for b, r in enumerate(active) if r is not None and r[0] == layer and r[1]]
+        if not todo:
+            return x
+        x = x.clone()
+        for b, restore in todo:
+            keep = [p for p in restore if p < x.shape[1]]
+            x[b, keep] = clean["embed" if layer == -1 else layer][0, keep].to(x.device, x.dtype)
+        return x
+
+    def pre(module: nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict] | None:
+        x = _hidden_in(args, kwargs)
+        ours = [b for b in range(x.shape[0]) if x.shape[1:] == ref.shape and _same(x[b], ref)]
+        active[:] = [None] * x.shape[0]
+        if not ours:
+            return None
+        for b in ours:  # the rows may come one call each (AudioLDM2 encodes prompt by prompt)
+            active[b] = rows[count[0] % len(rows)]
+            count[0] += 1
+        x = x.clone()
+        for b in ours:
+            if active[b] is not None:
+                x[b, pos] = x[b, pos] + noise.to(x.device, x.dtype)
+        return _with_hidden(args, kwargs, put(x, -1))
+
+    def make_hook(layer: int) -> Callable:
+        def hook(module: nn.Module, args: tuple, out: object) -> object:
+            return _with_first(out, put(_first(out), layer)) if any(r is not None for r in active) else None
+        return hook
+
+    with hooks(pre_kw=[(first_layer, pre)], forward_first=[(m, make_hook(i)) for i, m in enumerate(parts)]):
+        yield
+
+
+def _same(x: torch.Tensor, ref: torch.Tensor) -> bool:
+    """Whether ``x`` is ``ref``'s prompt (an embedding output after a LayerNorm, as RoBERTa's, differs in
+    the last bits with the batch size; another prompt differs by far more)."""
+    return torch.allclose(x.float(), ref.to(x.device).float(), rtol=1e-4, atol=1e-5)

@@ -48,6 +48,23 @@ def plot_step_map(step_map: dict) -> bytes:
     return _png(fig)
 
 
+def plot_trace(trace) -> bytes:
+    """The layers x tokens heat map of a text-encoder trace (ROME / Basu et al. style: tokens down,
+    layers across, the embedding output first; the concept's tokens starred). PNG bytes."""
+    plt = _pyplot()
+    effects = np.array(trace.effect, dtype=float).T  # (tokens, layers)
+    fig, ax = plt.subplots(figsize=(0.5 * effects.shape[1] + 3.4, 0.32 * effects.shape[0] + 1.4), dpi=110)
+    im = ax.imshow(effects, aspect="auto", cmap={"block": "Purples", "attn": "Reds", "mlp": "Greens"}
+                   .get(trace.component, "viridis"), vmin=min(0.0, np.nanmin(effects)), vmax=max(1.0, np.nanmax(effects)))
+    labels = [f"{t}*" if i in trace.concept_positions else t for i, t in enumerate(trace.tokens)]
+    ax.set_yticks(range(len(labels)), labels, fontsize=7)
+    ax.set_xticks(range(len(trace.layers)), trace.layers, fontsize=7, rotation=45, ha="right")
+    ax.set_xlabel(f"{trace.encoder}: state restored ({trace.component})")
+    ax.set_title(f"{trace.model} · {trace.concept}  (*: corrupted tokens)", fontsize=8)
+    fig.colorbar(im, ax=ax, label="recovery")
+    return _png(fig)
+
+
 def _pyplot():
     import matplotlib
 

@@ -356,7 +356,8 @@ def add_commands(sub: Any) -> None:
                    help="an edit, repeatable; to erase a concept, edit it to a neutral word ('r2d2 => robot')")
     p.add_argument("--preserve", action="append", metavar="P",
                    help="a word or prompt whose keys/values must stay; repeatable")
-    p.add_argument("--sites", help=SITES_HELP)
+    p.add_argument("--sites", help=SITES_HELP + "; or ENCODER:LAYER (text_encoder:0): Diff-QuickFix of that text-"
+                   "encoder layer's self-attention output projection, at the subject's last token")
     p.add_argument("--concept", help="which of the model's published site sets to edit (e.g. toy-colour)")
     p.add_argument("--lam", type=float, default=0.01,
                    help="pull towards the old weights, relative to the inputs' mean energy per dimension; "

@@ -48,6 +48,7 @@ from tqdm.auto import tqdm
 from ..errors import UserError
 from ..hooks import capture, capture_inputs
 from ..sites import Site
+from .quickfix import encoder_site, quickfix
 from .targets import resolve_sites
 from .weights import WeightFile, make_weights, parameter
 
@@ -256,7 +257,8 @@ def rewrite(model: Any, edits: Sequence[tuple[str, str] | str], *, preserve: Seq
     ``templates`` (default: the modality's built-in set, :data:`TEMPLATES`), a longer side is a prompt.
     ``preserve``: words or prompts whose keys/values must stay; with ``keep_targets`` the edits' target
     prompts are kept too (their keys/values are what the sources must produce). ``sites``: a spec, a scan's result, or
-    None for the published sites (``concept`` picks the set). ``lam``: the relative ridge (see the
+    None for the published sites (``concept`` picks the set); ``"ENCODER:LAYER"`` (``"text_encoder:0"``)
+    edits that text-encoder layer instead (Diff-QuickFix, :mod:`multiloc.control.quickfix`). ``lam``: the relative ridge (see the
     module docstring). ``tokens``: ``"all"`` or a list of positions to use. The inputs come from
     generations with ``seeds`` and ``steps``.
 
@@ -274,6 +276,9 @@ def rewrite(model: Any, edits: Sequence[tuple[str, str] | str], *, preserve: Seq
     kept = [p for item in preserve for p in expand(item, templates)]
     if keep_targets:  # an edit to "blue" must not change "blue" itself
         kept += [t for _, t in pairs if t not in kept]
+    layer = encoder_site(model, sites)
+    if layer is not None:  # "text_encoder:0": Diff-QuickFix of that encoder layer (quickfix.py)
+        return quickfix(model, edits, templates, kept, encoder=layer[0], layer=layer[1], lam=lam)
     chosen = editable(model, resolve_sites(model, sites, concept=concept))
     if isinstance(tokens, str):
         positions(tokens, 0)  # the form is checked now, the range once the length is known

@@ -15,7 +15,7 @@ run resumes where it stopped.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -110,8 +110,12 @@ def chunks(n_rows: int, batch_size: int, with_base: bool = True) -> list[tuple[b
 
 def evaluate(model: Model, scorer: Scorer, units: Sequence[Unit], rows: Sequence[Row], *, steps: int,
              guidance: float, batch_size: int, window: StepWindow, state: ScanState,
-             progress: bool = True, desc: str = "patch") -> Scores:
-    """Score donor, base and every row for every unit (resumable, see the module docstring)."""
+             progress: bool = True, desc: str = "patch",
+             run: Callable[[Unit, list[Row], bool], list[np.ndarray]] | None = None) -> Scores:
+    """Score donor, base and every row for every unit (resumable, see the module docstring).
+
+    ``run(unit, rows, with_base)``, when given, makes a chunk's outputs ``[donor, (base), rows...]``
+    itself (rows that are not denoiser patches, e.g. causal tracing inside the text encoder)."""
     layout = {u.id: chunks(len(rows), batch_size) for u in units}
     bar = tqdm(total=sum(len(c) for c in layout.values()), desc=f"{desc} {model.name}", unit="gen",
                disable=not progress)
@@ -128,7 +132,10 @@ def evaluate(model: Model, scorer: Scorer, units: Sequence[Unit], rows: Sequence
             first = 1 + int(need_base)
             plan = [Patch(site, rows=(first + j,), source=0, window=row.window or window, heads=heads)
                     for j, row in enumerate(todo) for site, heads in row.patches()]
-            outs = model.generate(batch, plan, seed=unit.seed, steps=steps, guidance=guidance)
+            if run is not None:
+                outs = run(unit, todo, need_base)
+            else:
+                outs = model.generate(batch, plan, seed=unit.seed, steps=steps, guidance=guidance)
             # The donor is scored once; other chunks need it only as the reference output.
             scored = outs if need_base else outs[1:]
             targets = [outs[0] if scorer.reference else unit.target] * len(scored)
