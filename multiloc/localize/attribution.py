@@ -63,7 +63,7 @@ def _mixer(alphas: Sequence[float], window: StepWindow):
 
 
 def attribution_scores(model: Model, units: Sequence[Unit], rows: Sequence[Row], *, steps: int, guidance: float,
-                       window: StepWindow = StepWindow(), points: int = DEFAULT_POINTS,
+                       window: StepWindow | None = None, points: int = DEFAULT_POINTS,
                        progress: bool = True) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(base (U,), donor (U,), estimated patched (U, R)) surrogate scores, one pass per unit.
 
@@ -71,6 +71,7 @@ def attribution_scores(model: Model, units: Sequence[Unit], rows: Sequence[Row],
     ...                                           guidance=7.5)
     >>> stats.effects(base, donor, patched)          # ~ the sweep's effects under the reference scorer
     """
+    window = window or StepWindow()
     if points < 0:
         raise UserError(f"points must be at least 0, got {points}")
     alphas = [(k + 0.5) / points for k in range(points)]
