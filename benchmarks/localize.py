@@ -69,7 +69,7 @@ def compare(model: multiloc.Model, concept: multiloc.Concept, seeds: int, steps:
     runs: dict[str, tuple[float, np.ndarray, list[int]]] = {}
     for label, kwargs in (("sweep", {}), ("contribution", {"method": "contribution"}),
                           ("adaptive", {"adaptive": True}), ("auto", {"method": "auto"})):
-        t, res = timed(lambda: multiloc.scan(model, concept, **common, **kwargs))
+        t, res = timed(lambda kw=kwargs: multiloc.scan(model, concept, **common, **kw))
         eff = np.array([s.effect for s in res.sites])
         keys = [s.name for s in res.sites]
         fell = " (fallback)" if res.method != kwargs.get("method", res.method) else ""
@@ -77,8 +77,8 @@ def compare(model: multiloc.Model, concept: multiloc.Concept, seeds: int, steps:
     units = _units(model, concept, "patch", range(seeds))
     rows = single_site_rows(model.sites)
     for points in (0, 1, 4):
-        t, (b, d, p) = timed(lambda: attribution_scores(model, units, rows, steps=steps, guidance=guidance,
-                                                        points=points, progress=False))
+        t, (b, d, p) = timed(lambda k=points: attribution_scores(model, units, rows, steps=steps, guidance=guidance,
+                                                                 points=k, progress=False))
         eff = stats.effects(b, d, p)
         sel = sorted(stats.select(eff, ci=stats.bootstrap_ci(b, d, p)))
         runs[f"attribution p={points}" + (" *" if points == 1 else "")] = (t, eff, sel)
