@@ -1,8 +1,8 @@
 """Localization methods against the full patch sweep, on the trained toys and the tiny families.
 
 For every (model, concept): the batched patch sweep (the reference), the one-pass contribution
-method, attribution patching in three variants (gradient at the base; at the base-donor midpoint,
-the default; integrated gradients over 4 points), adaptive sampling and ``auto`` (attribution, then
+method, attribution patching in three variants (gradient at the base, p=0; at the base-donor
+midpoint, p=1; integrated gradients over 4 points, p=4, the default, marked *), adaptive sampling and ``auto`` (attribution, then
 patching the candidates). Each is compared with the sweep: top-1 equal, top-3 overlap, Spearman's
 rho over sites, same selected set, and its cost in generation-equivalents per sample: its time over
 (samples x the time of one single-prompt generation), measured back to back in this process.
@@ -13,7 +13,7 @@ the reference scorer on a colour concept: agreement there says how the methods r
 arbitrary network. Families without value taps (SANA, the audio families) run contribution as its
 fallback, ``patch`` (marked "fallback").
 
-    python benchmarks/localize.py [--seeds 1] [--models toy-shapes,tiny-sd] [--steps N]
+    python benchmarks/localize.py [--seeds 1] [--models toy-shapes,tiny-sd] [--steps N] [--batch-size 8]
 
 Runs on one thread; the default set takes a few minutes on one CPU core.
 """
@@ -29,7 +29,7 @@ import torch
 import multiloc
 from multiloc import stats
 from multiloc.localize import _units
-from multiloc.localize.attribution import attribution_scores
+from multiloc.localize.attribution import DEFAULT_POINTS, attribution_scores
 from multiloc.localize.patch import single_site_rows
 
 TOYS = {"toy-shapes": ("toy-colour", "toy-shape"), "toy-shapes-dit": ("toy-colour", "toy-shape"),
@@ -58,11 +58,12 @@ def timed(fn):
     return time.perf_counter() - start, out
 
 
-def compare(model: multiloc.Model, concept: multiloc.Concept, seeds: int, steps: int | None) -> list[str]:
+def compare(model: multiloc.Model, concept: multiloc.Concept, seeds: int, steps: int | None,
+            batch_size: int | None = None) -> list[str]:
     steps = steps or model.settings["steps"]
     guidance = model.settings["guidance"]
     n = len(model.sites)
-    common = {"seeds": seeds, "steps": steps, "progress": False, "samples": False, "batch_size": n + 2}
+    common = {"seeds": seeds, "steps": steps, "progress": False, "samples": False, "batch_size": batch_size or n + 2}
     one, _ = timed(lambda: model.generate([concept.pairs[0].base], seed=0, steps=steps))
     one = min(one, timed(lambda: model.generate([concept.pairs[0].base], seed=0, steps=steps))[0])
     samples = len(concept.pairs) * seeds
@@ -81,7 +82,7 @@ def compare(model: multiloc.Model, concept: multiloc.Concept, seeds: int, steps:
                                                                  points=k, progress=False))
         eff = stats.effects(b, d, p)
         sel = sorted(stats.select(eff, ci=stats.bootstrap_ci(b, d, p)))
-        runs[f"attribution p={points}" + (" *" if points == 1 else "")] = (t, eff, sel)
+        runs[f"attribution p={points}" + (" *" if points == DEFAULT_POINTS else "")] = (t, eff, sel)
     _, ref, ref_sel = runs["sweep"]
     lines = []
     for label, (t, eff, sel) in runs.items():
@@ -99,6 +100,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, help="denoising steps (default: the model's; tiny: 4)")
     parser.add_argument("--seeds", type=int, default=1)
+    parser.add_argument("--batch-size", type=int, help="rows per generation (default: all sites in one)")
     parser.add_argument("--models", default=",".join([*TOYS, *FAMILIES]))
     args = parser.parse_args()
     torch.set_num_threads(1)
@@ -111,7 +113,7 @@ def main() -> None:
         concepts = [multiloc.Concept.load(c) for c in TOYS[name]] if name in TOYS else [CONCEPT]
         for concept in concepts:
             steps = args.steps or (None if name in TOYS else 4)
-            print("\n".join(compare(model, concept, args.seeds, steps)), flush=True)
+            print("\n".join(compare(model, concept, args.seeds, steps, args.batch_size)), flush=True)
 
 
 if __name__ == "__main__":

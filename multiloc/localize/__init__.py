@@ -47,7 +47,7 @@ EFFECTS = {
     "trace": "mean(s(restored) - s(corrupted)) / mean(s(clean) - s(corrupted)) over samples",
     "contribution": "attention output from the concept's tokens, relative to the top site (top = 1)",
     "attribution": "first-order estimate of mean(s(patched) - s(base)) / mean(s(donor) - s(base)), s = the "
-                   "reference score (-MSE to the donor's output), gradient at the base-donor midpoint",
+                   "reference score (-MSE to the donor's output), integrated gradients over 4 points",
     "auto": "as patch, for the sites attribution did not rule out (the others: NaN, see auto)",
 }
 

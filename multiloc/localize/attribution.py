@@ -8,10 +8,13 @@ Patching site *i* from the donor changes its tap values (``to_k``/``to_v`` outpu
 
 so one backward pass through the whole denoising chain of the base row (with the donor in the same
 batch, as the sweep runs it) estimates the patch effect of every site, and of every head (the
-channels of a head's slice), at once. With ``points`` > 0 the gradient is taken at ``points``
-midpoints between base and donor taps instead of at the base (integrated gradients, one extra row per
-point in the same batch): exact when the score is quadratic in the taps, as the reference score of a
-near-linear chain is, where the plain gradient counts the effect twice.
+channels of a head's slice), at once. With ``points`` > 0 (default 4) the gradient is averaged over
+``points`` midpoints of the straight path from base to donor taps of all sites (integrated gradients,
+one extra row per point in the same batch) instead of taken at the base: the estimates of all sites then
+add up to the effect of patching all of them (completeness), and one point is already exact when the
+score is quadratic in the taps, as the reference score of a near-linear chain is, where the plain
+gradient (``points=0``) counts the effect twice. Attention-mask taps (PixArt, SANA: the donor's mask
+comes with its keys when prompt lengths differ) are not differentiable and are not followed.
 
 The score differentiated is the reference score, −mean((output − donor output)²), on the pipeline's
 own tensor output: it needs no weights and is differentiable for every family. For the reference
@@ -37,7 +40,7 @@ from ..model import Model
 from ..sites import Tap
 from .sweep import Row, Unit
 
-DEFAULT_POINTS = 1
+DEFAULT_POINTS = 4  # benchmarks/localize.py: the top site of all six toy concepts (midpoint only: 3 of 6)
 SURROGATE = "reference score -mean((output - donor output)^2) on the pipeline's tensor output"
 
 
