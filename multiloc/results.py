@@ -118,7 +118,7 @@ class Result:
         if undecided:
             more = max(u["samples_needed"] for u in undecided.values())
             lines.append(f"? large enough, but the interval reaches zero: not distinguishable from noise "
-                         f"({len(undecided)} sites; about {more} samples in all would settle it)")
+                         f"({len(undecided)} site(s); about {more} samples in all would settle it)")
         return "\n".join(lines)
 
     def save(self, directory: str | Path, plot: bool = True) -> Path:

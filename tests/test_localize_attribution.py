@@ -24,10 +24,7 @@ UNITS = [Unit("0/0", 0, "a red cube", "a blue cube")]
 @pytest.mark.parametrize("name, sites", [
     ("tiny-sd", None), ("tiny-sdxl", None), ("tiny-if", None), ("tiny-sd3", None),
     ("tiny-flux", None), ("tiny-pixart", None), ("tiny-sana", None), ("tiny-audioldm2", None),
-    ("tiny-stable-audio", None),
-    pytest.param("tiny-ace-step", None, marks=pytest.mark.xfail(strict=True, reason=(
-        "ACE-Step's output is peak-normalized and its guidance is normalized (APG): the first-order "
-        "estimate of the planted site comes out negative; the other sites are still exactly 0"))),
+    ("tiny-stable-audio", None), ("tiny-ace-step", None),
 ])
 def test_attribution_ranks_planted_site_first(name, sites, one_thread):
     """Every other site reads constants: its taps do not move, so its estimate is exactly zero."""
