@@ -41,10 +41,11 @@ class AceStepAdapter(Adapter):
                 "lyrics": "[Instrumental]"}
 
     def generate(self, pipe: Any, cond: Conditioning, *, seed: int, steps: int, guidance: float,
-                 settings: dict[str, Any]) -> list[np.ndarray]:
+                 settings: dict[str, Any], output_type: str = "np") -> list[np.ndarray]:
         # The pipeline pairs lyrics with prompts one to one; every row sings the same lyrics.
         cond = {**cond, "lyrics": [settings.get("lyrics") or ""] * len(cond["prompt"])}
-        return super().generate(pipe, cond, seed=seed, steps=steps, guidance=guidance, settings=settings)
+        return super().generate(pipe, cond, seed=seed, steps=steps, guidance=guidance, settings=settings,
+                                output_type=output_type)
 
     def pipeline_kwargs(self, pipe: Any, settings: dict[str, Any]) -> dict[str, Any]:
         return {k: settings[k] for k in ("audio_duration", "max_text_length", "shift", "vocal_language")

@@ -155,17 +155,20 @@ class Adapter:
         return find_sites(denoiser, self.site_rules, self.block_order)
 
     def generate(self, pipe: Any, cond: Conditioning, *, seed: int, steps: int, guidance: float,
-                 settings: dict[str, Any]) -> list[np.ndarray]:
+                 settings: dict[str, Any], output_type: str = "np") -> list[np.ndarray]:
         """Run the pipeline on a batch of rows; every row starts from the noise of ``seed``.
 
         One generator per row, all seeded alike: each row draws the same noise whatever the batch
         size, so base, donor and patched rows share latents and a sweep batched any way gives the
-        same outputs.
+        same outputs. ``output_type="pt"`` returns the pipeline's own tensors instead (images channels
+        first, audio as the pipeline makes it), not detached: attribution patching differentiates them.
         """
         n = len(next(iter(cond.values())))
         generators = [torch.Generator("cpu").manual_seed(seed) for _ in range(n)]
         out = pipe(**cond, generator=generators, num_inference_steps=steps, guidance_scale=guidance,
-                   output_type="np", **self.pipeline_kwargs(pipe, settings))
+                   output_type=output_type, **self.pipeline_kwargs(pipe, settings))
+        if output_type != "np":
+            return list(getattr(out, "images", None) if hasattr(out, "images") else out.audios)
         return self.outputs(out)
 
     def outputs(self, pipeline_output: Any) -> list[np.ndarray]:

@@ -280,7 +280,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--method", default="patch", choices=METHODS,
                    help="patch: every site patched alone (batched sweep); trace: causal tracing, restore one "
                    "site in a corrupted run; contribution: one generation, attention flowing from the concept's "
-                   "tokens (default: patch)")
+                   "tokens; attribution: every site's patch effect to first order from one forward and backward "
+                   "pass; auto: attribution, then patching on the sites it cannot rule out (default: patch)")
     p.add_argument("--steps", type=_positive("--steps"), help="denoising steps (default: the model's)")
     p.add_argument("--seeds", type=_positive("--seeds"), default=2, help="seeds per prompt pair (default: 2)")
     p.add_argument("--batch-size", type=_positive("--batch-size"), default=8,

@@ -474,3 +474,49 @@ def _same(x: torch.Tensor, ref: torch.Tensor) -> bool:
     """Whether ``x`` is ``ref``'s prompt (an embedding output after a LayerNorm, as RoBERTa's, differs in
     the last bits with the batch size; another prompt differs by far more)."""
     return torch.allclose(x.float(), ref.to(x.device).float(), rtol=1e-4, atol=1e-5)
+
+
+@contextmanager
+def tap_gradients(denoiser: nn.Module, sites: Sequence[Site], n_rows: int,
+                  mix: Callable[[torch.Tensor, int, Tap], torch.Tensor] | None = None, calls_per_step: int = 1,
+                  ) -> Iterator[dict[tuple[str, str], list[tuple[int, torch.Tensor, torch.Tensor]]]]:
+    """Make every tap output of ``sites`` differentiable inside a (no-grad) pipeline call, for
+    attribution patching (:mod:`multiloc.localize.attribution`).
+
+    Gradients are switched on at every denoiser call (pipelines run under ``torch.no_grad``; the
+    pipeline's own context restores the mode when its call returns), so the denoising chain after the
+    first call, and the decoding, build a graph. At every call each tap output ``out`` becomes
+    ``mix(out, step, tap) + z``, with ``z`` a zero leaf tensor: after ``backward()``, ``z.grad`` is the
+    gradient of the loss with respect to the tap's value at that call. ``mix`` (default: none) may move
+    rows' values, e.g. towards the donor row's. Keyword-input taps (attention masks) are not
+    differentiable and are left out. The store maps ``(site, tap path)`` to one
+    ``(step, value before mix, z)`` per call.
+
+    >>> with tap_gradients(unet, sites, n_rows=2) as store:
+    ...     out = pipe(..., output_type="pt").images
+    ...     (-(out[1] - out[0].detach()).pow(2).mean()).backward()
+    >>> step, value, z = store[(sites[0].name, "to_k")][0]; z.grad.shape == value.shape
+    True
+    """
+    counter = StepCounter(calls_per_step)
+    store: dict[tuple[str, str], list[tuple[int, torch.Tensor, torch.Tensor]]] = defaultdict(list)
+
+    def start(module: nn.Module, args: tuple) -> None:
+        counter(module, args)
+        torch.set_grad_enabled(True)
+
+    def make_hook(key: tuple[str, str], tap: Tap) -> Callable:
+        def hook(module: nn.Module, args: tuple, out: torch.Tensor) -> torch.Tensor:
+            if out.shape[0] % n_rows:
+                raise RuntimeError(f"tap output has {out.shape[0]} rows, not a multiple of {n_rows}")
+            value = out.detach()
+            new = out if mix is None else mix(out, counter.step, tap)
+            z = torch.zeros_like(new, requires_grad=True)
+            store[key].append((counter.step, value, z))
+            return new + z
+        return hook
+
+    forward = [(denoiser.get_submodule(s.name).get_submodule(t.path), make_hook((s.name, t.path), t))
+               for s in sites for t in s.taps if t.kwarg is None]
+    with hooks(forward=forward, pre=[(denoiser, start)]):
+        yield store

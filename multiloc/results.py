@@ -105,15 +105,20 @@ class Result:
     def table(self, top: int = 10) -> str:
         """A ranked plain-text table of the ``top`` sites."""
         by_name = {s.name: s for s in self.sites}
+        undecided = self.extra.get("undecided") or {}
         width = max((len(n) for n in self.ranking[:top]), default=4)
         lines = [f"{'rank':>4}  {'idx':>3}  {'site':<{width}}  {'effect':>7}  {'95% CI':>17}"]
         for rank, name in enumerate(self.ranking[:top], 1):
             s = by_name[name]
             eff = "nan" if s.effect is None or not math.isfinite(s.effect) else f"{s.effect:7.3f}"
             ci = "" if s.ci[0] is None or not math.isfinite(s.ci[0]) else f"[{s.ci[0]:6.3f}, {s.ci[1]:6.3f}]"
-            mark = " *" if name in self.selected else ""
+            mark = " *" if name in self.selected else " ?" if name in undecided else ""
             lines.append(f"{rank:>4}  {s.index:>3}  {name:<{width}}  {eff:>7}  {ci:>17}{mark}")
         lines.append(f"* selected ({len(self.selected)} of {len(self.sites)} sites)")
+        if undecided:
+            more = max(u["samples_needed"] for u in undecided.values())
+            lines.append(f"? large enough, but the interval reaches zero: not distinguishable from noise "
+                         f"({len(undecided)} site(s); about {more} samples in all would settle it)")
         return "\n".join(lines)
 
     def save(self, directory: str | Path, plot: bool = True) -> Path:

@@ -54,15 +54,45 @@ def bootstrap_ci(base: np.ndarray, donor: np.ndarray, patched: np.ndarray, n_boo
         return np.nanpercentile(boot, [tail, 100 - tail], axis=0).T
 
 
-def select(eff: np.ndarray, rel: float = 0.5, min_effect: float = 0.1) -> list[int]:
-    """Indices of the localized set, by :data:`SELECTION_RULE`."""
+def select(eff: np.ndarray, rel: float = 0.5, min_effect: float = 0.1, ci: np.ndarray | None = None) -> list[int]:
+    """Indices of the localized set, by :data:`SELECTION_RULE`; with ``ci`` ((N, 2) intervals) only
+    sites whose interval lies above zero (:data:`CI_RULE`): a site noise could explain is not a finding.
+
+    >>> select(np.array([0.9, 0.6, 0.2]), ci=np.array([[0.8, 1.0], [-0.1, 1.2], [0.1, 0.3]]))
+    [0]
+    """
     eff = np.asarray(eff, dtype=np.float64)
     if not np.isfinite(eff).any():
         return []
     top = np.nanmax(eff)
     keep = [i for i in np.argsort(-np.nan_to_num(eff, nan=-np.inf))
             if np.isfinite(eff[i]) and eff[i] >= rel * top and eff[i] >= min_effect]
+    if ci is not None:
+        low = np.asarray(ci, dtype=np.float64)[:, 0]
+        keep = [i for i in keep if not low[i] <= 0]  # a NaN bound (too few samples) does not veto
     return [int(i) for i in keep]
+
+
+CI_RULE = "and whose 95% interval lies above zero"
+
+
+def undecided(eff: np.ndarray, ci: np.ndarray, samples: int, rel: float = 0.5,
+              min_effect: float = 0.1) -> dict[int, int]:
+    """Sites that pass the point rule of :func:`select` but whose interval reaches zero, each with
+    about how many samples in all would bring its lower bound above zero (the interval narrows as
+    1/sqrt(samples): ``samples * (half width / effect)^2``, rounded up).
+
+    >>> undecided(np.array([1.0, 0.8]), np.array([[0.5, 1.5], [-0.4, 2.0]]), samples=3)
+    {1: 7}
+    """
+    eff, ci = np.asarray(eff, dtype=np.float64), np.asarray(ci, dtype=np.float64)
+    point = select(eff, rel, min_effect)
+    out = {}
+    for i in point:
+        if ci[i, 0] <= 0:
+            half = (ci[i, 1] - ci[i, 0]) / 2
+            out[i] = int(np.ceil(samples * (half / eff[i]) ** 2)) if eff[i] > 0 else -1
+    return out
 
 
 def bootstrap_mean_ci(values: np.ndarray, n_boot: int = 1000, level: float = 0.95, seed: int = 0) -> np.ndarray:

@@ -3,6 +3,9 @@
 - ``patch``: each site alone patched from the donor (the papers' sweep, batched) — ``patch.py``
 - ``trace``: causal tracing, restore one site's clean conditioning in a corrupted run — ``trace.py``
 - ``contribution``: one generation, attention output flowing from the concept's tokens — ``contribution.py``
+- ``attribution``: attribution patching, every site's patch effect to first order from one forward and
+  backward pass — ``attribution.py``
+- ``auto``: attribution first, then patching on only the sites it cannot rule out — ``auto.py``
 
 On top of a ranking: ``adaptive`` sampling (``adaptive.py``), set ``search`` (``search.py``) and a
 site x step map (``stepmap.py``). All patching runs through one batched, resumable sweep
@@ -36,13 +39,16 @@ from ..sites import select_sites
 from .patch import single_site_rows
 from .sweep import Row, Unit, evaluate, join
 
-METHODS = ("patch", "contribution", "trace")
+METHODS = ("patch", "contribution", "trace", "attribution", "auto")
 SEARCHES = ("greedy", "window")
 # What a site's effect means under each method (written into result.json).
 EFFECTS = {
     "patch": "mean(s(patched) - s(base)) / mean(s(donor) - s(base)) over samples",
     "trace": "mean(s(restored) - s(corrupted)) / mean(s(clean) - s(corrupted)) over samples",
     "contribution": "attention output from the concept's tokens, relative to the top site (top = 1)",
+    "attribution": "first-order estimate of mean(s(patched) - s(base)) / mean(s(donor) - s(base)), s = the "
+                   "reference score (-MSE to the donor's output), integrated gradients over 4 points",
+    "auto": "as patch, for the sites attribution did not rule out (the others: NaN, see auto)",
 }
 
 
@@ -78,7 +84,8 @@ def scan(model: Model | Any, concept: Concept | str, method: str = "patch", *, s
     Args:
         model: a :class:`Model`, or anything :func:`multiloc.load` takes.
         concept: a :class:`Concept`, a built-in concept name or a concept YAML path.
-        method: ``"patch"``, ``"trace"`` or ``"contribution"`` (see the module docstring).
+        method: ``"patch"``, ``"trace"``, ``"contribution"``, ``"attribution"`` or ``"auto"`` (see the
+            module docstring).
         seeds: seeds per prompt pair (samples = pairs x seeds).
         steps, guidance: denoising steps and CFG scale (default: the model's settings).
         batch_size: prompt rows per generation (CFG doubles them inside the pipeline); at least 2.
@@ -162,6 +169,22 @@ def scan(model: Model | Any, concept: Concept | str, method: str = "patch", *, s
         top = float(np.max(raw.mean(axis=0))) or 1.0
         eff, ci = raw.mean(axis=0) / top, stats.bootstrap_mean_ci(raw / top, n_boot=n_boot)
         extra["contribution"] = {"raw": raw.mean(axis=0).tolist(), "per_sample": raw.tolist()}
+    elif method == "attribution":
+        from .attribution import SURROGATE, attribution_scores
+
+        if scorer.name != "reference":
+            warnings.append(f"the {scorer.name} scorer is not differentiable; attribution ranks by the "
+                            f"{SURROGATE} (--method auto confirms the candidates with {scorer.name})")
+        base, donor, patched = attribution_scores(model, units, rows, steps=steps, guidance=guidance,
+                                                  window=window, progress=progress)
+        eff, ci = stats.effects(base, donor, patched), stats.bootstrap_ci(base, donor, patched, n_boot=n_boot)
+        extra["samples"] = {"ids": [u.id for u in units], "base": base.tolist(), "donor": donor.tolist(),
+                            "patched": patched.tolist(), "score": SURROGATE}
+    elif method == "auto":
+        from .auto import auto
+
+        eff, ci, extra["auto"] = auto(partial(run, desc="auto: patch"), model, units, rows, steps=steps,
+                                      guidance=guidance, window=window, n_boot=n_boot, progress=progress)
     elif adaptive:
         from .adaptive import successive_halving
 
@@ -182,12 +205,16 @@ def scan(model: Model | Any, concept: Concept | str, method: str = "patch", *, s
     if not np.isfinite(eff).any():
         warnings.append(f"the {scorer.name} scorer scores donor and base alike, so no effect can be "
                         f"measured; {scorer.flat_hint or 'check the concept pairs and the scorer'}")
-    picked = stats.select(eff)
+    picked = stats.select(eff, ci=ci)
+    extra["undecided"] = {rows[i].key: {"effect": float(eff[i]), "ci": [float(c) for c in ci[i]],
+                                        "samples_needed": n}
+                          for i, n in stats.undecided(eff, ci, len(units)).items()}
     result = Result(
         model=model.name, concept=concept.name, method=method,
         sites=[SiteEffect(r.index, r.key, float(e), [float(c) for c in c2]) for r, e, c2 in zip(rows, eff, ci)],
         selected=[rows[i].key for i in picked], runtime_s=0.0, config=config,
-        extra={"selection_rule": stats.SELECTION_RULE.format(rel=0.5, min_effect=0.1), **extra,
+        extra={"selection_rule": stats.SELECTION_RULE.format(rel=0.5, min_effect=0.1) + ", " + stats.CI_RULE,
+               **extra,
                "resumed_rows": state.resumed, "warnings": warnings},
     )
     by_key = {r.key: r for r in rows}
