@@ -137,6 +137,7 @@ def _settings(items: Sequence[str] | None) -> dict[str, Any]:
 def cmd_scan(args: argparse.Namespace) -> int:
     from . import load, scan
     from .concepts import Concept
+    from .distributed import processes
     from .interventions import StepWindow
     from .sites import select_sites
 
@@ -145,7 +146,8 @@ def cmd_scan(args: argparse.Namespace) -> int:
     except ValueError as e:
         raise UserError(str(e)) from None
     concept = Concept.load(args.concept)  # before loading weights: a typo should fail in a second
-    device = resolve_device(args.device)
+    group = processes()  # under torchrun / accelerate launch: this process's place; else a group of one
+    device = group.device(resolve_device(args.device))
     dtype = resolve_dtype(args.dtype, device)
     heads = _heads(args.heads)
     settings = {**_settings(args.set), **({"pooled_site": True} if args.pooled else {})}
@@ -153,8 +155,10 @@ def cmd_scan(args: argparse.Namespace) -> int:
     _check_pooled(args, model.name, model.sites)
     out = Path(args.out or Path("multiloc-out") / f"{re.sub(r'[^A-Za-z0-9_.-]+', '_', model.name)}-{concept.name}")
     chosen = select_sites(model.sites, args.sites)  # a bad --sites fails before any work
-    print(f"scanning {len(chosen)} of {len(model.sites)} sites of {model.name} for '{concept.name}' "
-          f"({len(concept.pairs)} pairs x {args.seeds} seeds) -> {out}", file=sys.stderr)
+    say = print if group.main else lambda *a, **k: None  # one process reports
+    say(f"scanning {len(chosen)} of {len(model.sites)} sites of {model.name} for '{concept.name}' "
+        f"({len(concept.pairs)} pairs x {args.seeds} seeds"
+        f"{f', {group.world} processes' if group.world > 1 else ''}) -> {out}", file=sys.stderr)
     result = scan(model, concept, method=args.method, seeds=args.seeds, steps=args.steps,
                   guidance=args.guidance, batch_size=args.batch_size, sites=args.sites,
                   step_window=args.step_window, scorer=args.scorer, out=out, progress=not args.quiet,
@@ -162,15 +166,15 @@ def cmd_scan(args: argparse.Namespace) -> int:
                   tau=args.tau, step_map=args.step_map or 0, control=args.control or 0, stream=args.stream,
                   scorer_options={"model": args.scorer_model} if args.scorer_model else None)
     if args.control and not args.search:
-        print("warning: --control needs --search; no random sets were drawn", file=sys.stderr)
+        say("warning: --control needs --search; no random sets were drawn", file=sys.stderr)
     if result.extra.get("resumed_rows"):
-        print(f"resumed: {result.extra['resumed_rows']} rows came from an earlier interrupted run", file=sys.stderr)
+        say(f"resumed: {result.extra['resumed_rows']} rows came from an earlier interrupted run", file=sys.stderr)
     for w in result.extra.get("warnings", []):
-        print(f"warning: {w}", file=sys.stderr)
-    print(result.table())
+        say(f"warning: {w}", file=sys.stderr)
+    say(result.table())
     for line in _extras_summary(result):
-        print(line)
-    print(f"wrote {out / 'result.json'}, result.csv, effects.png ({result.runtime_s:.1f} s)")
+        say(line)
+    say(f"wrote {out / 'result.json'}, result.csv, effects.png ({result.runtime_s:.1f} s)")
     return 0
 
 

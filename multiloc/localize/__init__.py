@@ -26,6 +26,7 @@ import numpy as np
 
 from .. import stats
 from ..concepts import Concept
+from ..distributed import processes
 from ..errors import UserError
 from ..interventions import Patch, StepWindow
 from ..media import save_output
@@ -34,7 +35,7 @@ from ..results import Result, ScanState, SiteEffect
 from ..scorers import Scorer, get_scorer
 from ..sites import select_sites
 from .patch import single_site_rows
-from .sweep import Row, Unit, evaluate, join
+from .sweep import Row, Unit, chunks, evaluate, join
 
 METHODS = ("patch", "contribution", "trace")
 SEARCHES = ("greedy", "window")
@@ -147,9 +148,15 @@ def scan(model: Model | Any, concept: Concept | str, method: str = "patch", *, s
     # What the resumable scores depend on (not batching, seeds count or extras: those reuse rows).
     identity = {k: config[k] for k in ("steps", "guidance", "step_window", "scorer")}
     identity.update(model=model.name, method=method, pairs=[vars(p) for p in concept.pairs], target=concept.target)
-    state = ScanState(out, identity)
+    group = processes()
+    state = ScanState(out, identity, group.rank, group.world)
+    group.barrier()  # every process read the same state before any writes to it: they share out the same work
     seed_ids = range(seeds)
     units = _units(model, concept, method, seed_ids)
+    generations = len(units) * len(chunks(len(rows), batch_size))
+    if group.world > generations and method != "contribution":
+        warnings.append(f"{group.world} processes share {generations} generations: "
+                        f"{group.world - generations} of them had nothing to do")
     run = partial(evaluate, model, scorer, steps=steps, guidance=guidance, batch_size=batch_size,
                   window=window, state=state, progress=progress)
     extra: dict[str, Any] = {}
@@ -206,11 +213,13 @@ def scan(model: Model | Any, concept: Concept | str, method: str = "patch", *, s
 
         leaders = [by_key[k] for k in (result.selected or result.ranking[:3])]
         result.extra["step_map"] = map_steps(partial(run, units, desc="step map"), leaders, steps, step_map)
-    if out is not None and samples and chosen:
+    if out is not None and samples and chosen and group.main:
         result.extra["sample_files"] = _write_samples(model, concept, result, by_key, Path(out), steps,
                                                       guidance, window)
+    # Every process scored its share of the rows; the results are the same on every process.
+    config.update(processes=group.world, rows_per_process=group.gather(state.computed))
     result.runtime_s = time.perf_counter() - start
-    if out is not None:
+    if out is not None and group.main:
         result.save(out)
         state.clear()
     return result

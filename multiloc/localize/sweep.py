@@ -10,7 +10,8 @@ source of every chunk:
     chunk 1:  [donor, row(B-2), ...]
 
 Scores are kept in a :class:`~multiloc.results.ScanState` after each generation, so an interrupted
-run resumes where it stopped.
+run resumes where it stopped. Under ``torchrun``/``accelerate launch`` the generations are shared out
+across the processes (:mod:`multiloc.distributed`) and the scores merged: the same scores as one process.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from ..adapter import Conditioning
+from ..distributed import Processes, processes
 from ..interventions import Patch, StepWindow
 from ..model import Model
 from ..results import ScanState
@@ -110,35 +112,53 @@ def chunks(n_rows: int, batch_size: int, with_base: bool = True) -> list[tuple[b
 
 def evaluate(model: Model, scorer: Scorer, units: Sequence[Unit], rows: Sequence[Row], *, steps: int,
              guidance: float, batch_size: int, window: StepWindow, state: ScanState,
-             progress: bool = True, desc: str = "patch") -> Scores:
-    """Score donor, base and every row for every unit (resumable, see the module docstring)."""
-    layout = {u.id: chunks(len(rows), batch_size) for u in units}
-    bar = tqdm(total=sum(len(c) for c in layout.values()), desc=f"{desc} {model.name}", unit="gen",
-               disable=not progress)
+             progress: bool = True, desc: str = "patch", group: Processes | None = None) -> Scores:
+    """Score donor, base and every row for every unit (resumable, see the module docstring).
+
+    Under several processes (``group``, default: :func:`~multiloc.distributed.processes`) the pending
+    generations are shared out, each process scores its own, and the scores are merged on every process,
+    so every process returns the same :class:`Scores`. Every process must call it with the same arguments.
+    """
+    group = group or processes()
+    units_by_id = {u.id: u for u in units}
+    pending = []  # (unit id, holds the base, row span): the same list on every process
     for unit in units:
         done = state.get(unit.id)
+        for with_base, span in chunks(len(rows), batch_size):
+            if any(rows[i].key not in done for i in span) or (with_base and (BASE not in done or DONOR not in done)):
+                pending.append((unit.id, with_base, span))
+    mine = group.share(pending)
+    fresh: tuple[dict[str, dict[str, float]], dict[str, dict]] = ({}, {})  # what this process scored
+    bar = tqdm(total=len(mine), desc=f"{desc} {model.name}", unit="gen", disable=not progress or not group.main)
+    for unit_id, with_base, span in mine:
+        unit = units_by_id[unit_id]
+        done = state.get(unit.id)
         base_row: str | Conditioning = unit.base if unit.base_cond is None else unit.base_cond
-        for with_base, span in layout[unit.id]:
-            todo = [rows[i] for i in span if rows[i].key not in done]
-            need_base = with_base and (BASE not in done or DONOR not in done)
-            if not todo and not need_base:
-                bar.update(1)
-                continue
-            batch = [unit.donor] + [base_row] * (int(need_base) + len(todo))
-            first = 1 + int(need_base)
-            plan = [Patch(site, rows=(first + j,), source=0, window=row.window or window, heads=heads)
-                    for j, row in enumerate(todo) for site, heads in row.patches()]
-            outs = model.generate(batch, plan, seed=unit.seed, steps=steps, guidance=guidance)
-            # The donor is scored once; other chunks need it only as the reference output.
-            scored = outs if need_base else outs[1:]
-            targets = [outs[0] if scorer.reference else unit.target] * len(scored)
-            names = ([DONOR, BASE] if need_base else []) + [r.key for r in todo]
-            values, records = scorer.evaluate(scored, targets)
-            done.update(zip(names, map(float, values)))
-            if records is not None:
-                state.records.setdefault(unit.id, {}).update(zip(names, records))
-            state.flush()
-            bar.update(1)
+        todo = [rows[i] for i in span if rows[i].key not in done]
+        need_base = with_base and (BASE not in done or DONOR not in done)
+        batch = [unit.donor] + [base_row] * (int(need_base) + len(todo))
+        first = 1 + int(need_base)
+        plan = [Patch(site, rows=(first + j,), source=0, window=row.window or window, heads=heads)
+                for j, row in enumerate(todo) for site, heads in row.patches()]
+        outs = model.generate(batch, plan, seed=unit.seed, steps=steps, guidance=guidance)
+        # The donor is scored once; other chunks need it only as the reference output.
+        scored = outs if need_base else outs[1:]
+        targets = [outs[0] if scorer.reference else unit.target] * len(scored)
+        names = ([DONOR, BASE] if need_base else []) + [r.key for r in todo]
+        values, records = scorer.evaluate(scored, targets)
+        got = dict(zip(names, map(float, values)))
+        done.update(got)
+        fresh[0].setdefault(unit.id, {}).update(got)
+        if records is not None:
+            kept = dict(zip(names, records))
+            state.records.setdefault(unit.id, {}).update(kept)
+            fresh[1].setdefault(unit.id, {}).update(kept)
+        state.computed += len(names)
+        state.flush()
+        bar.update(1)
+    if group.world > 1:
+        state.merge(group.gather(fresh))
+        state.flush()  # every process's file now holds everything: a resume under any count finds it
     bar.close()
     got = [state.get(u.id) for u in units]
     kept = [state.records.get(u.id, {}) for u in units]
