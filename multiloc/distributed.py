@@ -15,7 +15,7 @@ Example::
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from functools import lru_cache
 from typing import Any, TypeVar
 
@@ -38,14 +38,25 @@ class Processes:
     def main(self) -> bool:
         return self.rank == 0
 
-    def share(self, items: Sequence[T]) -> list[T]:
-        """This process's part of ``items``: every ``world``-th, from its rank on (the same list on every
-        process gives disjoint parts that cover it).
+    def share(self, items: Sequence[T], cost: Callable[[T], float] | None = None) -> list[T]:
+        """This process's part of ``items`` (the same list on every process gives disjoint parts that
+        cover it): without ``cost`` every ``world``-th item from its rank on; with it, the costliest
+        first, each to the least loaded process (deterministic, so every process agrees), in order.
 
         >>> Processes(1, 2).share([10, 11, 12])
         [11]
+        >>> Processes(0, 2).share([5, 1, 1, 1, 1, 1], cost=lambda x: x)
+        [5]
         """
-        return list(items[self.rank::self.world])
+        if cost is None:
+            return list(items[self.rank::self.world])
+        load, mine = [0.0] * self.world, []
+        for i in sorted(range(len(items)), key=lambda i: -cost(items[i])):
+            to = min(range(self.world), key=lambda r: (load[r], r))
+            load[to] += cost(items[i])
+            if to == self.rank:
+                mine.append(i)
+        return [items[i] for i in sorted(mine)]
 
     def gather(self, obj: Any) -> list[Any]:
         """``obj`` from every process, in rank order, on every process (a collective: all must call it).

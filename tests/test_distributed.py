@@ -70,6 +70,10 @@ class _Exploding(ReferenceScorer):
 def test_share_covers_the_work_once():
     parts = [Processes(r, 3).share(list(range(10))) for r in range(3)]
     assert sorted(sum(parts, [])) == list(range(10)) and parts[0] == [0, 3, 6, 9]
+    costs = [5, 3, 3, 3, 2, 2, 2]  # by cost: the costliest first, each to the least loaded process
+    parts = [Processes(r, 2).share(list(range(7)), cost=costs.__getitem__) for r in range(2)]
+    assert sorted(sum(parts, [])) == list(range(7))
+    assert [sum(costs[i] for i in p) for p in parts] == [10, 10]
 
 
 def test_state_files_of_all_processes_merge(tmp_path):
@@ -108,7 +112,7 @@ def test_a_dead_process_stops_the_run_and_one_process_resumes(tmp_path, concept_
     """2 -> 1: process 1 dies mid-scan; torchrun stops the other; what finished is kept and resumed."""
     run = torchrun(str(Path(__file__).parent / "scan_worker.py"), str(concept_file), str(tmp_path), "die")
     assert run.returncode != 0 and not (tmp_path / "result.json").exists()
-    assert "exitcode" in run.stderr and "3" in run.stderr  # torchrun names the failed process
+    assert "exitcode  : 3" in run.stderr  # torchrun names the process that died (the root cause)
     files = sorted(p.name for p in tmp_path.glob(".scan-state*"))
     assert ".scan-state.1.json" in files
     result = multiloc.scan("tiny-sd", str(concept_file), out=tmp_path, **SCAN)

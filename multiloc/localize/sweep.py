@@ -125,12 +125,14 @@ def evaluate(model: Model, scorer: Scorer, units: Sequence[Unit], rows: Sequence
     for unit in units:
         done = state.get(unit.id)
         for with_base, span in chunks(len(rows), batch_size):
-            if any(rows[i].key not in done for i in span) or (with_base and (BASE not in done or DONOR not in done)):
-                pending.append((unit.id, with_base, span))
-    mine = group.share(pending)
+            todo = sum(rows[i].key not in done for i in span)
+            need_base = with_base and (BASE not in done or DONOR not in done)
+            if todo or need_base:
+                pending.append((unit.id, with_base, span, 1 + need_base + todo))
+    mine = group.share(pending, cost=lambda p: p[3])  # cost: the generation's rows
     fresh: tuple[dict[str, dict[str, float]], dict[str, dict]] = ({}, {})  # what this process scored
     bar = tqdm(total=len(mine), desc=f"{desc} {model.name}", unit="gen", disable=not progress or not group.main)
-    for unit_id, with_base, span in mine:
+    for unit_id, with_base, span, _ in mine:
         unit = units_by_id[unit_id]
         done = state.get(unit.id)
         base_row: str | Conditioning = unit.base if unit.base_cond is None else unit.base_cond

@@ -1,0 +1,73 @@
+"""One scan on 1 and on N processes, in ONE run: wall time, scan time, rows per process, and whether the
+results agree (max |effect difference|, same ranking and selection).
+
+Each run is the ``multiloc scan`` command: plain for one process, ``torchrun --standalone
+--nproc_per_node N`` (gloo on a CPU, one GPU per process on a GPU machine) for N. Wall time includes
+starting the interpreters and loading the model in each process; scan time is ``result.json``'s
+``runtime_s`` (the scan alone, on the main process). Runs back to back, so the ratios compare like with
+like; on a small shared CPU the processes compete for the same cores.
+
+    python benchmarks/scale.py [--model toy-shapes] [--concept toy-colour] [--seeds 4] [--steps 4]
+                               [--batch-size 4] [--processes 2] [--device cpu]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+
+def run(n: int, out: Path, args: argparse.Namespace) -> tuple[float, dict]:
+    """Run the scan on ``n`` processes into ``out``: (wall seconds, result.json)."""
+    launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={n}"] if n > 1 \
+        else [sys.executable]
+    cmd = [*launcher, "-m", "multiloc", "scan", "--model", args.model, "--concept", args.concept,
+           "--seeds", str(args.seeds), "--steps", str(args.steps), "--batch-size", str(args.batch_size),
+           "--quiet", "--out", str(out), *(["--device", args.device] if args.device else [])]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": str(args.threads)}
+    start = time.perf_counter()
+    subprocess.run(cmd, env=env, check=True, capture_output=True)
+    return time.perf_counter() - start, json.loads((out / "result.json").read_text())
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--model", default="toy-shapes")
+    p.add_argument("--concept", default="toy-colour")
+    p.add_argument("--seeds", type=int, default=4)
+    p.add_argument("--steps", type=int, default=4)
+    p.add_argument("--batch-size", type=int, default=4)
+    p.add_argument("--processes", type=int, default=2)
+    p.add_argument("--threads", type=int, default=1, help="torch threads per process (default: 1)")
+    p.add_argument("--device", help="cpu, cuda (default: cuda if available; N processes take N GPUs)")
+    args = p.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        rows = []
+        for n in (1, args.processes):
+            wall, result = run(n, Path(tmp) / f"p{n}", args)
+            rows.append((n, wall, result))
+    _, wall1, one = rows[0]
+    print(f"{args.model} / {args.concept}: {len(one['sites'])} sites, {one['config']['pairs']} pairs x "
+          f"{args.seeds} seeds, {args.steps} steps, batch {args.batch_size}, {args.threads} thread(s) per process")
+    print(f"{'processes':>9}  {'wall s':>7}  {'scan s':>7}  {'wall x':>6}  {'scan x':>6}  {'rows per process':<18}  "
+          f"{'max |d effect|':>14}  same ranking/selection")
+    base = np.array([np.nan if s["effect"] is None else s["effect"] for s in one["sites"]], float)
+    for n, wall, r in rows:
+        eff = np.array([np.nan if s["effect"] is None else s["effect"] for s in r["sites"]], float)
+        diff = float(np.nanmax(np.abs(eff - base))) if np.isfinite(base).any() else float("nan")
+        same = r["ranking"] == one["ranking"] and r["selected"] == one["selected"]
+        print(f"{n:>9}  {wall:>7.1f}  {r['runtime_s']:>7.1f}  {wall1 / wall:>6.2f}  "
+              f"{one['runtime_s'] / r['runtime_s']:>6.2f}  {str(r['config']['rows_per_process']):<18}  "
+              f"{diff:>14.2e}  {same}")
+
+
+if __name__ == "__main__":
+    main()
