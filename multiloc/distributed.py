@@ -70,11 +70,6 @@ class Processes:
         torch.distributed.all_gather_object(out, obj)
         return out
 
-    def barrier(self) -> None:
-        """Wait until every process is here (a collective: all must call it)."""
-        if self.world > 1:
-            torch.distributed.barrier()
-
     def device(self, asked: torch.device) -> torch.device:
         """The device this process works on: ``cuda`` without an index becomes this process's GPU.
 

@@ -150,7 +150,11 @@ def scan(model: Model | Any, concept: Concept | str, method: str = "patch", *, s
     identity.update(model=model.name, method=method, pairs=[vars(p) for p in concept.pairs], target=concept.target)
     group = processes()
     state = ScanState(out, identity, group.rank, group.world)
-    group.barrier()  # every process read the same state before any writes to it: they share out the same work
+    if group.world > 1:
+        # Every process starts from what any of them found (no shared filesystem needed), and all have
+        # read before any writes: they share out the same pending work.
+        state.merge(group.gather((state.samples, state.records)))
+        state.resumed = sum(len(v) for v in state.samples.values())
     seed_ids = range(seeds)
     units = _units(model, concept, method, seed_ids)
     generations = len(units) * len(chunks(len(rows), batch_size))
