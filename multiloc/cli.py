@@ -39,6 +39,10 @@ def _positive(name: str):
     return parse
 
 
+def _batch_size(text: str) -> int | str:
+    return "auto" if text == "auto" else _positive("--batch-size (or 'auto')")(text)
+
+
 def resolve_device(text: str | None) -> Any:
     """A torch device from the user's text; unknown or unavailable devices are a UserError."""
     import torch
@@ -157,14 +161,15 @@ def cmd_scan(args: argparse.Namespace) -> int:
     chosen = select_sites(model.sites, args.sites)  # a bad --sites fails before any work
     say = print if group.main else lambda *a, **k: None  # one process reports
     say(f"scanning {len(chosen)} of {len(model.sites)} sites of {model.name} for '{concept.name}' "
-        f"({len(concept.pairs)} pairs x {args.seeds} seeds"
+        f"({min(len(concept.pairs), args.max_pairs or len(concept.pairs))} pairs x {args.seeds} seeds"
         f"{f', {group.world} processes' if group.world > 1 else ''}) -> {out}", file=sys.stderr)
     result = scan(model, concept, method=args.method, seeds=args.seeds, steps=args.steps,
                   guidance=args.guidance, batch_size=args.batch_size, sites=args.sites,
                   step_window=args.step_window, scorer=args.scorer, out=out, progress=not args.quiet,
                   heads=heads, adaptive=args.adaptive, search=args.search, window_size=args.window_size,
                   tau=args.tau, step_map=args.step_map or 0, control=args.control or 0, stream=args.stream,
-                  scorer_options={"model": args.scorer_model} if args.scorer_model else None)
+                  scorer_options={"model": args.scorer_model} if args.scorer_model else None,
+                  max_pairs=args.max_pairs)
     if args.control and not args.search:
         say("warning: --control needs --search; no random sets were drawn", file=sys.stderr)
     if result.extra.get("resumed_rows"):
@@ -267,8 +272,11 @@ def build_parser() -> argparse.ArgumentParser:
                    "tokens (default: patch)")
     p.add_argument("--steps", type=_positive("--steps"), help="denoising steps (default: the model's)")
     p.add_argument("--seeds", type=_positive("--seeds"), default=2, help="seeds per prompt pair (default: 2)")
-    p.add_argument("--batch-size", type=_positive("--batch-size"), default=8,
-                   help="prompt rows per generation, at least 2; CFG doubles them (default: 8)")
+    p.add_argument("--batch-size", type=_batch_size, default=8,
+                   help="prompt rows per generation, at least 2; CFG doubles them; 'auto': the most that fit "
+                   "in memory (a generation that runs out of memory is split and retried) (default: 8)")
+    p.add_argument("--max-pairs", type=_positive("--max-pairs"), metavar="N",
+                   help="a seeded subset of N of the concept's pairs (the same N pairs every run)")
     p.add_argument("--guidance", type=float, help="classifier-free guidance scale (default: the model's)")
     p.add_argument("--sites", help="only these sites: indices '0-3,9' or name patterns 'up_blocks.0.*'")
     p.add_argument("--step-window", help="patch only at denoising steps a:b (default: every step)")
@@ -322,7 +330,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    if args.command == "scan" and args.batch_size < 2:
+    if args.command == "scan" and args.batch_size != "auto" and args.batch_size < 2:
         print("multiloc scan: error: --batch-size must be at least 2 (the donor row and one patched row)",
               file=sys.stderr)
         return 2

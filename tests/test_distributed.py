@@ -120,3 +120,43 @@ def test_a_dead_process_stops_the_run_and_one_process_resumes(tmp_path, concept_
     same(reference, result)
     assert np.isfinite(list(result.effects.values())).any()
     assert not list(tmp_path.glob(".scan-state*"))
+
+
+def test_out_of_memory_generations_split_and_lose_no_rows(tiny_sd, colour, monkeypatch, one_thread):
+    """A fake device that fits 3 prompt rows: --batch-size auto (and 8) split until they fit; same effects."""
+    full = multiloc.scan(tiny_sd, colour, **SCAN)
+    real, sizes = tiny_sd.generate, []
+
+    def small_device(prompts, *args, **kwargs):
+        sizes.append(len(prompts))
+        if len(prompts) > 3:
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        return real(prompts, *args, **kwargs)
+
+    monkeypatch.setattr(tiny_sd, "generate", small_device)
+    for batch_size in ("auto", 8):
+        sizes.clear()
+        result = multiloc.scan(tiny_sd, colour, **{**SCAN, "batch_size": batch_size})
+        for name, effect in full.effects.items():
+            assert result.effects[name] == pytest.approx(effect, abs=1e-5, nan_ok=True)
+        assert result.config["rows_per_generation_fit"] <= 3 and max(sizes) > 3
+        assert sizes.count(max(sizes)) == 1  # after the first, generations are split before they run
+    assert result.config["peak_memory_mb"]["kind"] == "rss" and result.config["peak_memory_mb"]["per_process"][0] > 0
+
+    monkeypatch.setattr(tiny_sd, "generate", lambda *a, **k: (_ for _ in ()).throw(torch.OutOfMemoryError("oom")))
+    with pytest.raises(multiloc.UserError, match="out of memory .* the donor and one row"):
+        multiloc.scan(tiny_sd, colour, **SCAN)
+
+
+def test_max_pairs_is_a_seeded_subset(tiny_sd, one_thread):
+    pairs = [(f"a red cube {i}", f"a blue cube {i}") for i in range(5)]
+    concept = multiloc.Concept(name="colour", scorer="reference", pairs=pairs)
+    kw = {**SCAN, "steps": 1, "sites": "0"}
+    a = multiloc.scan(tiny_sd, concept, max_pairs=2, **kw)
+    b = multiloc.scan(tiny_sd, concept, max_pairs=2, **kw)
+    assert a.config["pairs"] == 2 and len(a.extra["samples"]["ids"]) == 2
+    assert a.extra["samples"]["base"] == b.extra["samples"]["base"]  # the same subset every run
+    every = multiloc.scan(tiny_sd, concept, **kw).extra["samples"]["base"]
+    assert set(a.extra["samples"]["base"]) <= set(every) and len(set(every)) == 5
+    with pytest.raises(multiloc.UserError, match="max pairs"):
+        multiloc.scan(tiny_sd, concept, max_pairs=0, **kw)

@@ -16,6 +16,8 @@ Example::
 
 from __future__ import annotations
 
+import dataclasses
+import random
 import time
 from collections.abc import Sequence
 from functools import partial
@@ -30,6 +32,7 @@ from ..distributed import processes
 from ..errors import UserError
 from ..interventions import Patch, StepWindow
 from ..media import save_output
+from ..memory import peak_memory_mb
 from ..model import Model, load
 from ..results import Result, ScanState, SiteEffect
 from ..scorers import Scorer, get_scorer
@@ -67,13 +70,13 @@ def scorer_for(model: Model, concept: Concept, scorer: str | Scorer | None = Non
 
 
 def scan(model: Model | Any, concept: Concept | str, method: str = "patch", *, seeds: int = 2,
-         steps: int | None = None, guidance: float | None = None, batch_size: int = 8,
+         steps: int | None = None, guidance: float | None = None, batch_size: int | str = 8,
          sites: str | Sequence[str] | None = None, step_window: str | StepWindow | None = None,
          scorer: Scorer | str | None = None, out: str | Path | None = None, progress: bool = True,
          samples: bool = True, n_boot: int = 1000, heads: str | Sequence[int] | None = None,
          adaptive: bool = False, search: str | None = None, window_size: int = 3, tau: float = 0.9,
          step_map: int = 0, control: int = 0, stream: str | None = None,
-         scorer_options: dict[str, Any] | None = None) -> Result:
+         scorer_options: dict[str, Any] | None = None, max_pairs: int | None = None) -> Result:
     """Localize ``concept`` in ``model``.
 
     Args:
@@ -83,6 +86,10 @@ def scan(model: Model | Any, concept: Concept | str, method: str = "patch", *, s
         seeds: seeds per prompt pair (samples = pairs x seeds).
         steps, guidance: denoising steps and CFG scale (default: the model's settings).
         batch_size: prompt rows per generation (CFG doubles them inside the pipeline); at least 2.
+            ``"auto"``: every row of a sample in one generation, split in two (and retried) while it does
+            not fit in memory; the most rows that fit are kept for the rest of the scan. A generation
+            that runs out of memory is split like this under any batch size, losing no rows.
+        max_pairs: a seeded subset of this many of the concept's pairs (the same subset every run).
         sites: restrict to some sites (indices ``"0-3,9"`` or name patterns); default all.
         step_window: patch only at steps ``"a:b"``.
         scorer: overrides the concept's scorer.
@@ -111,7 +118,10 @@ def scan(model: Model | Any, concept: Concept | str, method: str = "patch", *, s
         raise UserError(f"unknown method {method!r}; known: {', '.join(METHODS)}")
     if search is not None and search not in SEARCHES:
         raise UserError(f"unknown search {search!r}; known: {', '.join(SEARCHES)}")
-    for label, value, least in (("seeds", seeds, 1), ("batch size", batch_size, 2), ("steps", steps, 1),
+    if batch_size != "auto" and not isinstance(batch_size, int):
+        raise UserError(f"batch size is a number of prompt rows or 'auto', got {batch_size!r}")
+    for label, value, least in (("seeds", seeds, 1), ("batch size", None if batch_size == "auto" else batch_size, 2),
+                                ("max pairs", max_pairs, 1), ("steps", steps, 1),
                                 ("window size", window_size, 1), ("step map", step_map, 0),
                                 ("control", control, 0)):
         if value is not None and value < least:
@@ -122,6 +132,9 @@ def scan(model: Model | Any, concept: Concept | str, method: str = "patch", *, s
         model = load(model)
     if not isinstance(concept, Concept):
         concept = Concept.load(concept)
+    if max_pairs is not None and max_pairs < len(concept.pairs):
+        keep = sorted(random.Random(0).sample(range(len(concept.pairs)), max_pairs))
+        concept = dataclasses.replace(concept, pairs=[concept.pairs[i] for i in keep])
     scorer = scorer_for(model, concept, scorer, scorer_options)
     try:
         window = step_window if isinstance(step_window, StepWindow) else StepWindow.parse(step_window)
@@ -139,7 +152,7 @@ def scan(model: Model | Any, concept: Concept | str, method: str = "patch", *, s
             why = "head-level units" if heads is not None else "sites that declare no value taps"
             warnings.append(f"contribution cannot score {why}; fell back to the patch method")
             method = "patch"
-    config = {"seeds": seeds, "steps": steps, "guidance": guidance, "batch_size": batch_size,
+    config = {"seeds": seeds, "steps": steps, "guidance": guidance, "batch_size": batch_size, "max_pairs": max_pairs,
               "step_window": [window.start, window.end], "scorer": scorer.name, "stream": stream,
               "sites": [s.name for s in chosen], "pairs": len(concept.pairs),
               "heads": heads if heads is None or isinstance(heads, str) else sorted({int(h) for h in heads}),
@@ -157,19 +170,21 @@ def scan(model: Model | Any, concept: Concept | str, method: str = "patch", *, s
         state.resumed = sum(len(v) for v in state.samples.values())
     seed_ids = range(seeds)
     units = _units(model, concept, method, seed_ids)
-    generations = len(units) * len(chunks(len(rows), batch_size))
+    size = len(rows) + 2 if batch_size == "auto" else batch_size  # auto: one generation per sample, split to fit
+    generations = len(units) * len(chunks(len(rows), size))
     if group.world > generations and method != "contribution":
         warnings.append(f"{group.world} processes share {generations} generations: "
                         f"{group.world - generations} of them had nothing to do")
-    run = partial(evaluate, model, scorer, steps=steps, guidance=guidance, batch_size=batch_size,
-                  window=window, state=state, progress=progress)
+    fits: dict[str, int] = {}  # the most prompt rows per generation that fit in memory, once one did not
+    run = partial(evaluate, model, scorer, steps=steps, guidance=guidance, batch_size=size,
+                  window=window, state=state, progress=progress, fits=fits)
     extra: dict[str, Any] = {}
 
     if method == "contribution":
         from .contribution import contribution_scores
 
         raw = contribution_scores(model, concept, chosen, seeds=seed_ids, steps=steps, guidance=guidance,
-                                  batch_size=batch_size, progress=progress)
+                                  batch_size=size, progress=progress)
         top = float(np.max(raw.mean(axis=0))) or 1.0
         eff, ci = raw.mean(axis=0) / top, stats.bootstrap_mean_ci(raw / top, n_boot=n_boot)
         extra["contribution"] = {"raw": raw.mean(axis=0).tolist(), "per_sample": raw.tolist()}
@@ -221,7 +236,10 @@ def scan(model: Model | Any, concept: Concept | str, method: str = "patch", *, s
         result.extra["sample_files"] = _write_samples(model, concept, result, by_key, Path(out), steps,
                                                       guidance, window)
     # Every process scored its share of the rows; the results are the same on every process.
-    config.update(processes=group.world, rows_per_process=group.gather(state.computed))
+    peaks = group.gather(peak_memory_mb(model.device))
+    config.update(processes=group.world, rows_per_process=group.gather(state.computed),
+                  rows_per_generation_fit=fits.get("rows"),
+                  peak_memory_mb={"kind": peaks[0]["kind"], "per_process": [p["mb"] for p in peaks]})
     result.runtime_s = time.perf_counter() - start
     if out is not None and group.main:
         result.save(out)

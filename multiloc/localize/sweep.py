@@ -25,7 +25,9 @@ from tqdm.auto import tqdm
 
 from ..adapter import Conditioning
 from ..distributed import Processes, processes
+from ..errors import UserError
 from ..interventions import Patch, StepWindow
+from ..memory import out_of_memory, release
 from ..model import Model
 from ..results import ScanState
 from ..scorers import Scorer
@@ -112,14 +114,20 @@ def chunks(n_rows: int, batch_size: int, with_base: bool = True) -> list[tuple[b
 
 def evaluate(model: Model, scorer: Scorer, units: Sequence[Unit], rows: Sequence[Row], *, steps: int,
              guidance: float, batch_size: int, window: StepWindow, state: ScanState,
-             progress: bool = True, desc: str = "patch", group: Processes | None = None) -> Scores:
+             progress: bool = True, desc: str = "patch", group: Processes | None = None,
+             fits: dict[str, int] | None = None) -> Scores:
     """Score donor, base and every row for every unit (resumable, see the module docstring).
 
     Under several processes (``group``, default: :func:`~multiloc.distributed.processes`) the pending
     generations are shared out, each process scores its own, and the scores are merged on every process,
     so every process returns the same :class:`Scores`. Every process must call it with the same arguments.
+
+    A generation that runs out of device memory is split in two and retried (each part with the donor),
+    down to the donor and one row; ``fits["rows"]`` keeps the most prompt rows that fit, and later
+    generations (pass the same dict to later calls) are split to it before they run.
     """
     group = group or processes()
+    fits = {} if fits is None else fits
     units_by_id = {u.id: u for u in units}
     pending = []  # (unit id, holds the base, row span): the same list on every process
     for unit in units:
@@ -138,11 +146,7 @@ def evaluate(model: Model, scorer: Scorer, units: Sequence[Unit], rows: Sequence
         base_row: str | Conditioning = unit.base if unit.base_cond is None else unit.base_cond
         todo = [rows[i] for i in span if rows[i].key not in done]
         need_base = with_base and (BASE not in done or DONOR not in done)
-        batch = [unit.donor] + [base_row] * (int(need_base) + len(todo))
-        first = 1 + int(need_base)
-        plan = [Patch(site, rows=(first + j,), source=0, window=row.window or window, heads=heads)
-                for j, row in enumerate(todo) for site, heads in row.patches()]
-        outs = model.generate(batch, plan, seed=unit.seed, steps=steps, guidance=guidance)
+        outs = _outputs(model, unit, base_row, need_base, todo, window, fits, steps=steps, guidance=guidance)
         # The donor is scored once; other chunks need it only as the reference output.
         scored = outs if need_base else outs[1:]
         targets = [outs[0] if scorer.reference else unit.target] * len(scored)
@@ -170,3 +174,30 @@ def evaluate(model: Model, scorer: Scorer, units: Sequence[Unit], rows: Sequence
                   donor=np.array([g[DONOR] for g in got]),
                   rows=np.array([[g[r.key] for r in rows] for g in got]).reshape(len(units), len(rows)),
                   records=records)
+
+
+def _outputs(model: Model, unit: Unit, base_row: str | Conditioning, need_base: bool, todo: Sequence[Row],
+             window: StepWindow, fits: dict[str, int], **sampling: Any) -> list:
+    """The donor's, the base's (``need_base``) and ``todo``'s outputs, in that order, from one generation,
+    or from several when one does not fit in memory (see :func:`evaluate`)."""
+    n = 1 + int(need_base) + len(todo)
+    if n <= fits.get("rows", n):
+        try:
+            batch = [unit.donor] + [base_row] * (n - 1)
+            first = 1 + int(need_base)
+            plan = [Patch(site, rows=(first + j,), source=0, window=row.window or window, heads=heads)
+                    for j, row in enumerate(todo) for site, heads in row.patches()]
+            return model.generate(batch, plan, seed=unit.seed, **sampling)
+        except Exception as e:
+            if not out_of_memory(e):
+                raise
+            release(model.device)
+            if n <= 2:
+                raise UserError(f"out of memory on {model.device} with the donor and one row (2 prompts); "
+                                f"use a smaller dtype, fewer pixels or frames, or a bigger device") from e
+            fits["rows"] = max(2, n // 2)
+    outs: list = []
+    for with_base, span in chunks(len(todo), fits["rows"], with_base=need_base):
+        part = _outputs(model, unit, base_row, with_base, [todo[i] for i in span], window, fits, **sampling)
+        outs += part if not outs else part[1:]  # the donor once: rows are batch-independent
+    return outs
