@@ -76,7 +76,8 @@ def scan(model: Model | Any, concept: Concept | str, method: str = "patch", *, s
          samples: bool = True, n_boot: int = 1000, heads: str | Sequence[int] | None = None,
          adaptive: bool = False, search: str | None = None, window_size: int = 3, tau: float = 0.9,
          step_map: int = 0, control: int = 0, stream: str | None = None,
-         scorer_options: dict[str, Any] | None = None, max_pairs: int | None = None) -> Result:
+         scorer_options: dict[str, Any] | None = None, max_pairs: int | None = None,
+         cached_donor: bool = True) -> Result:
     """Localize ``concept`` in ``model``.
 
     Args:
@@ -90,6 +91,10 @@ def scan(model: Model | Any, concept: Concept | str, method: str = "patch", *, s
             not fit in memory; the most rows that fit are kept for the rest of the scan. A generation
             that runs out of memory is split like this under any batch size, losing no rows.
         max_pairs: a seeded subset of this many of the concept's pairs (the same subset every run).
+        cached_donor: where the family's conditioning does not depend on the step (pure cross-attention:
+            U-Nets, PixArt/SANA, AudioLDM2, Stable Audio, ACE-Step), capture the donor's keys/values once
+            per sample and leave the donor row out of the sweep's generations; ``False``, or a joint-
+            attention family (SD3, FLUX): the donor rides along in every generation.
         sites: restrict to some sites (indices ``"0-3,9"`` or name patterns); default all.
         step_window: patch only at steps ``"a:b"``.
         scorer: overrides the concept's scorer.
@@ -157,6 +162,7 @@ def scan(model: Model | Any, concept: Concept | str, method: str = "patch", *, s
               "sites": [s.name for s in chosen], "pairs": len(concept.pairs),
               "heads": heads if heads is None or isinstance(heads, str) else sorted({int(h) for h in heads}),
               "adaptive": adaptive, "search": search, "step_map": step_map, "control": control,
+              "donor": "cached" if cached_donor and model.adapter.cached_donor else "in-batch",
               "device": str(model.device), "dtype": str(next(model.denoiser.parameters()).dtype)}
     # What the resumable scores depend on (not batching, seeds count or extras: those reuse rows).
     identity = {k: config[k] for k in ("steps", "guidance", "step_window", "scorer")}
@@ -176,8 +182,9 @@ def scan(model: Model | Any, concept: Concept | str, method: str = "patch", *, s
         warnings.append(f"{group.world} processes share {generations} generations: "
                         f"{group.world - generations} of them had nothing to do")
     fits: dict[str, int] = {}  # the most prompt rows per generation that fit in memory, once one did not
+    donors: dict[str, Any] | None = {} if cached_donor else None  # the donor's taps (and output), once per sample
     run = partial(evaluate, model, scorer, steps=steps, guidance=guidance, batch_size=size,
-                  window=window, state=state, progress=progress, fits=fits)
+                  window=window, state=state, progress=progress, fits=fits, donors=donors)
     extra: dict[str, Any] = {}
 
     if method == "contribution":
