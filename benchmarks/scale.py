@@ -1,5 +1,6 @@
-"""One scan on 1 and on N processes, in ONE run: wall time, scan time, rows per process, and whether the
-results agree (max |effect difference|, same ranking and selection).
+"""One scan on 1 and on N processes, and with the in-batch vs the cached donor, in ONE run: wall time,
+scan time, rows per process, and whether the results agree (max |effect difference|, same ranking and
+selection).
 
 Each run is the ``multiloc scan`` command: plain for one process, ``torchrun --standalone
 --nproc_per_node N`` (gloo on a CPU, one GPU per process on a GPU machine) for N. Wall time includes
@@ -25,13 +26,13 @@ from pathlib import Path
 import numpy as np
 
 
-def run(n: int, out: Path, args: argparse.Namespace) -> tuple[float, dict]:
+def run(n: int, out: Path, args: argparse.Namespace, *extra: str) -> tuple[float, dict]:
     """Run the scan on ``n`` processes into ``out``: (wall seconds, result.json)."""
     launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={n}"] if n > 1 \
         else [sys.executable]
     cmd = [*launcher, "-m", "multiloc", "scan", "--model", args.model, "--concept", args.concept,
            "--seeds", str(args.seeds), "--steps", str(args.steps), "--batch-size", str(args.batch_size),
-           "--quiet", "--out", str(out), *(["--device", args.device] if args.device else [])]
+           "--quiet", "--out", str(out), *(["--device", args.device] if args.device else []), *extra]
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": str(args.threads)}
     start = time.perf_counter()
     subprocess.run(cmd, env=env, check=True, capture_output=True)
@@ -50,24 +51,25 @@ def main() -> None:
     p.add_argument("--device", help="cpu, cuda (default: cuda if available; N processes take N GPUs)")
     args = p.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
-        rows = []
-        for n in (1, args.processes):
-            wall, result = run(n, Path(tmp) / f"p{n}", args)
-            rows.append((n, wall, result))
-    _, wall1, one = rows[0]
+        runs = [(f"{n} process{'es' * (n > 1)}", *run(n, Path(tmp) / f"p{n}", args)) for n in (1, args.processes)]
+        runs.append(("1 process, in-batch donor", *run(1, Path(tmp) / "in-batch", args, "--in-batch-donor")))
+    _, wall1, one = runs[0]
     print(f"{args.model} / {args.concept}: {len(one['sites'])} sites, {one['config']['pairs']} pairs x "
           f"{args.seeds} seeds, {args.steps} steps, batch {args.batch_size}, {args.threads} thread(s) per process")
-    print(f"{'processes':>9}  {'wall s':>7}  {'scan s':>7}  {'wall x':>6}  {'scan x':>6}  {'rows per process':<18}  "
-          f"{'max |d effect|':>14}  same ranking/selection")
-    base = np.array([np.nan if s["effect"] is None else s["effect"] for s in one["sites"]], float)
-    for n, wall, r in rows:
-        eff = np.array([np.nan if s["effect"] is None else s["effect"] for s in r["sites"]], float)
-        diff = float(np.nanmax(np.abs(eff - base))) if np.isfinite(base).any() else float("nan")
+    print(f"{'run':<26}  {'donor':<8}  {'wall s':>7}  {'scan s':>7}  {'wall x':>6}  {'scan x':>6}  "
+          f"{'rows per process':<18}  {'max |d effect|':>14}  same ranking/selection")
+    base = effects(one)
+    for label, wall, r in runs:
+        diff = float(np.nanmax(np.abs(effects(r) - base))) if np.isfinite(base).any() else float("nan")
         same = r["ranking"] == one["ranking"] and r["selected"] == one["selected"]
-        print(f"{n:>9}  {wall:>7.1f}  {r['runtime_s']:>7.1f}  {wall1 / wall:>6.2f}  "
+        print(f"{label:<26}  {r['config']['donor']:<8}  {wall:>7.1f}  {r['runtime_s']:>7.1f}  {wall1 / wall:>6.2f}  "
               f"{one['runtime_s'] / r['runtime_s']:>6.2f}  {str(r['config']['rows_per_process']):<18}  "
               f"{diff:>14.2e}  {same}")
+    print("x: the first run's time over this run's (above 1: faster)")
 
+
+def effects(result: dict) -> np.ndarray:
+    return np.array([np.nan if s["effect"] is None else s["effect"] for s in result["sites"]], float)
 
 if __name__ == "__main__":
     main()

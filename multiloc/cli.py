@@ -40,7 +40,9 @@ def _positive(name: str):
 
 
 def _batch_size(text: str) -> int | str:
-    return "auto" if text == "auto" else _positive("--batch-size (or 'auto')")(text)
+    if text == "auto" or text.lstrip("-").isdigit():
+        return "auto" if text == "auto" else _positive("--batch-size")(text)
+    raise argparse.ArgumentTypeError(f"--batch-size must be a whole number or 'auto', got {text!r}")
 
 
 def resolve_device(text: str | None) -> Any:
@@ -169,7 +171,7 @@ def cmd_scan(args: argparse.Namespace) -> int:
                   heads=heads, adaptive=args.adaptive, search=args.search, window_size=args.window_size,
                   tau=args.tau, step_map=args.step_map or 0, control=args.control or 0, stream=args.stream,
                   scorer_options={"model": args.scorer_model} if args.scorer_model else None,
-                  max_pairs=args.max_pairs)
+                  max_pairs=args.max_pairs, cached_donor=not args.in_batch_donor)
     if args.control and not args.search:
         say("warning: --control needs --search; no random sets were drawn", file=sys.stderr)
     if result.extra.get("resumed_rows"):
@@ -275,6 +277,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=_batch_size, default=8,
                    help="prompt rows per generation, at least 2; CFG doubles them; 'auto': the most that fit "
                    "in memory (a generation that runs out of memory is split and retried) (default: 8)")
+    p.add_argument("--in-batch-donor", action="store_true",
+                   help="keep the donor row in every generation also where its keys/values could be cached once "
+                   "per sample (the default for U-Nets, PixArt/SANA, AudioLDM2, Stable Audio)")
     p.add_argument("--max-pairs", type=_positive("--max-pairs"), metavar="N",
                    help="a seeded subset of N of the concept's pairs (the same N pairs every run)")
     p.add_argument("--guidance", type=float, help="classifier-free guidance scale (default: the model's)")
