@@ -48,6 +48,7 @@ def main() -> None:
     p.add_argument("--batch-size", type=int, default=4)
     p.add_argument("--processes", type=int, default=2)
     p.add_argument("--threads", type=int, default=1, help="torch threads per process (default: 1)")
+    p.add_argument("--repeats", type=int, default=3, help="in-process donor comparison: runs of each (default: 3)")
     p.add_argument("--device", help="cpu, cuda (default: cuda if available; N processes take N GPUs)")
     args = p.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
@@ -66,6 +67,35 @@ def main() -> None:
               f"{one['runtime_s'] / r['runtime_s']:>6.2f}  {str(r['config']['rows_per_process']):<18}  "
               f"{diff:>14.2e}  {same}")
     print("x: the first run's time over this run's (above 1: faster)")
+    donor_ratio(args)
+
+
+def donor_ratio(args: argparse.Namespace) -> None:
+    """Cached vs in-batch donor in this process, alternating ``--repeats`` times (best time of each): on a
+    shared CPU single runs differ by more than the saving."""
+    import torch
+
+    import multiloc
+
+    torch.set_num_threads(args.threads)
+    model = multiloc.load(args.model, device=args.device)
+    best: dict[bool, float] = {True: float("inf"), False: float("inf")}
+    rows: dict[bool, int] = {}
+    for _ in range(args.repeats):
+        for cached in (False, True):
+            sizes: list[int] = []
+            real = model.generate
+            model.generate = lambda prompts, *a, _real=real, _sizes=sizes, **k: (  # count the sweep's rows
+                _sizes.append(len(prompts) if a else 0) or _real(prompts, *a, **k))
+            start = time.perf_counter()
+            multiloc.scan(model, args.concept, seeds=args.seeds, steps=args.steps, batch_size=args.batch_size,
+                          progress=False, samples=False, cached_donor=cached)
+            best[cached] = min(best[cached], time.perf_counter() - start)
+            del model.generate
+            rows[cached] = sum(sizes)
+    print(f"donor, in this process (best of {args.repeats}): in-batch {best[False]:.2f} s, {rows[False]} rows generated; "
+          f"cached {best[True]:.2f} s, {rows[True]} rows (+ one denoiser call per sample); "
+          f"in-batch / cached time {best[False] / best[True]:.2f}, rows {rows[False] / rows[True]:.2f}")
 
 
 def effects(result: dict) -> np.ndarray:
