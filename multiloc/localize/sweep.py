@@ -139,7 +139,8 @@ def evaluate(model: Model, scorer: Scorer, units: Sequence[Unit], rows: Sequence
     Where the family's conditioning does not depend on the step (``adapter.cached_donor``) and
     ``donors`` is a dict (a cache kept across calls), a generation without the base row leaves the donor
     row out: the donor's taps at every site are captured once per sample (one denoiser call) and set in
-    the patched rows. A scorer that compares with the donor's output gets the one this process made.
+    the patched rows. A scorer that compares with the donor's output gets the one this process made;
+    where this process has not made it yet, the generation keeps the donor (``batch_size`` + 1 prompts).
     """
     group = group or processes()
     fits = {} if fits is None else fits
@@ -169,8 +170,10 @@ def evaluate(model: Model, scorer: Scorer, units: Sequence[Unit], rows: Sequence
         outs = _outputs(model, unit, base_row, need_base, todo, window, fits, taps, **sampling)
         if not cached:
             donor, outs = outs[0], outs[1:]
-            if scorer.reference:
-                outputs[unit.id] = donor  # the later generations of this sample leave the donor out
+            if cache is not None and scorer.reference:
+                # The later generations of this sample leave the donor out; one sample's kept (this
+                # process's generations come sample by sample), so big outputs do not pile up.
+                cache["outputs"] = {unit.id: donor}
         # The donor is scored once; other chunks need it only as the reference output.
         scored = [donor] + outs if need_base else outs
         targets = [(outputs[unit.id] if cached else donor) if scorer.reference else unit.target] * len(scored)
