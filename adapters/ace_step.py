@@ -32,6 +32,9 @@ class AceStepAdapter(Adapter):
     modality = "audio"
     denoiser_attr = "transformer"
     denoiser_classes = ("AceStepTransformer1DModel",)
+    # Pure cross-attention, but its pipeline encodes and pads the prompts to the batch's longest inside
+    # its call: a donor captured alone does not line up with a batch of base rows, so it stays in-batch.
+    cached_donor = False
     site_rules = (SiteRule(kind="cross_attn", where=is_cross_attn, taps=("to_k", "to_v")),)
     prompt_in_call = True
     no_negative = "its pipeline takes no negative prompt (its guidance runs against a learnt null condition)"

@@ -65,6 +65,7 @@ class AudioLDM2Adapter(Adapter):
     modality = "audio"
     denoiser_attr = "unet"
     denoiser_classes = ("AudioLDM2UNet2DConditionModel",)
+    cached_donor = True  # pure cross-attention: the donor's keys/values are the same at every step
     block_order = ("down_blocks", "mid_block", "up_blocks")
     defaults = {"steps": 100, "guidance": 4.5, "audio_length_in_s": 9.0}
     no_finetune = ("its VAE reads log-mel spectrograms, and the pipeline carries no mel front end to turn "

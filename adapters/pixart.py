@@ -38,6 +38,7 @@ class PixArtAdapter(Adapter):
     modality = "image"
     denoiser_attr = "transformer"
     denoiser_classes = ("PixArtTransformer2DModel",)
+    cached_donor = True  # pure cross-attention: the donor's keys/values are the same at every step
     site_rules = (_RULE,)
     defaults = {"steps": 20, "guidance": 4.5, "max_sequence_length": 120}
     negative_keys = {"prompt_embeds": "negative_prompt_embeds",

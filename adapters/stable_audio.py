@@ -29,6 +29,7 @@ class StableAudioAdapter(Adapter):
     modality = "audio"
     denoiser_attr = "transformer"
     denoiser_classes = ("StableAudioDiTModel",)
+    cached_donor = True  # pure cross-attention: the donor's keys/values are the same at every step
     site_rules = (SiteRule(kind="cross_attn", where=is_cross_attn, taps=("to_k", "to_v")),)
     prompt_in_call = True
     defaults = {"steps": 100, "guidance": 7.0, "audio_end_in_s": 10.0}

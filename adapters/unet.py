@@ -49,6 +49,7 @@ class UNetAdapter(Adapter):
     modality = "image"
     denoiser_attr = "unet"
     denoiser_classes = ("UNet2DConditionModel",)
+    cached_donor = True  # pure cross-attention: the donor's keys/values are the same at every step
     block_order = ("down_blocks", "mid_block", "up_blocks")
     site_rules = (
         SiteRule(kind="cross_attn", where=is_cross_attn, taps=("to_k", "to_v"), values=("to_v",)),

@@ -46,6 +46,11 @@ class Adapter:
     site_rules: ClassVar[tuple[SiteRule, ...]] = ()
     block_order: ClassVar[tuple[str, ...]] = ()
     calls_per_step: ClassVar[int] = 1
+    # True where a site's conditioning (its taps) does not depend on the step or the latent (pure
+    # cross-attention on the prompt's embeddings): a sweep then captures the donor's taps once and
+    # leaves the donor row out of its generations. Joint attention (SD3, FLUX) mixes the text with
+    # the image stream block by block, so it keeps the in-batch donor.
+    cached_donor: ClassVar[bool] = False
     # Under classifier-free guidance a denoiser call holds copies of the rows one after the other:
     # which copy is the conditional one (most pipelines: the last; ACE-Step: the first).
     conditional_copy: ClassVar[int] = -1

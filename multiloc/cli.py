@@ -39,6 +39,12 @@ def _positive(name: str):
     return parse
 
 
+def _batch_size(text: str) -> int | str:
+    if text == "auto" or text.lstrip("-").isdigit():
+        return "auto" if text == "auto" else _positive("--batch-size")(text)
+    raise argparse.ArgumentTypeError(f"--batch-size must be a whole number or 'auto', got {text!r}")
+
+
 def resolve_device(text: str | None) -> Any:
     """A torch device from the user's text; unknown or unavailable devices are a UserError."""
     import torch
@@ -137,6 +143,7 @@ def _settings(items: Sequence[str] | None) -> dict[str, Any]:
 def cmd_scan(args: argparse.Namespace) -> int:
     from . import load, scan
     from .concepts import Concept
+    from .distributed import processes
     from .interventions import StepWindow
     from .sites import select_sites
 
@@ -145,7 +152,8 @@ def cmd_scan(args: argparse.Namespace) -> int:
     except ValueError as e:
         raise UserError(str(e)) from None
     concept = Concept.load(args.concept)  # before loading weights: a typo should fail in a second
-    device = resolve_device(args.device)
+    group = processes()  # under torchrun / accelerate launch: this process's place; else a group of one
+    device = group.device(resolve_device(args.device))
     dtype = resolve_dtype(args.dtype, device)
     heads = _heads(args.heads)
     settings = {**_settings(args.set), **({"pooled_site": True} if args.pooled else {})}
@@ -153,24 +161,27 @@ def cmd_scan(args: argparse.Namespace) -> int:
     _check_pooled(args, model.name, model.sites)
     out = Path(args.out or Path("multiloc-out") / f"{re.sub(r'[^A-Za-z0-9_.-]+', '_', model.name)}-{concept.name}")
     chosen = select_sites(model.sites, args.sites)  # a bad --sites fails before any work
-    print(f"scanning {len(chosen)} of {len(model.sites)} sites of {model.name} for '{concept.name}' "
-          f"({len(concept.pairs)} pairs x {args.seeds} seeds) -> {out}", file=sys.stderr)
+    say = print if group.main else lambda *a, **k: None  # one process reports
+    say(f"scanning {len(chosen)} of {len(model.sites)} sites of {model.name} for '{concept.name}' "
+        f"({min(len(concept.pairs), args.max_pairs or len(concept.pairs))} pairs x {args.seeds} seeds"
+        f"{f', {group.world} processes' if group.world > 1 else ''}) -> {out}", file=sys.stderr)
     result = scan(model, concept, method=args.method, seeds=args.seeds, steps=args.steps,
                   guidance=args.guidance, batch_size=args.batch_size, sites=args.sites,
                   step_window=args.step_window, scorer=args.scorer, out=out, progress=not args.quiet,
                   heads=heads, adaptive=args.adaptive, search=args.search, window_size=args.window_size,
                   tau=args.tau, step_map=args.step_map or 0, control=args.control or 0, stream=args.stream,
-                  scorer_options={"model": args.scorer_model} if args.scorer_model else None)
+                  scorer_options={"model": args.scorer_model} if args.scorer_model else None,
+                  max_pairs=args.max_pairs, cached_donor=not args.in_batch_donor)
     if args.control and not args.search:
-        print("warning: --control needs --search; no random sets were drawn", file=sys.stderr)
+        say("warning: --control needs --search; no random sets were drawn", file=sys.stderr)
     if result.extra.get("resumed_rows"):
-        print(f"resumed: {result.extra['resumed_rows']} rows came from an earlier interrupted run", file=sys.stderr)
+        say(f"resumed: {result.extra['resumed_rows']} rows came from an earlier interrupted run", file=sys.stderr)
     for w in result.extra.get("warnings", []):
-        print(f"warning: {w}", file=sys.stderr)
-    print(result.table())
+        say(f"warning: {w}", file=sys.stderr)
+    say(result.table())
     for line in _extras_summary(result):
-        print(line)
-    print(f"wrote {out / 'result.json'}, result.csv, effects.png ({result.runtime_s:.1f} s)")
+        say(line)
+    say(f"wrote {out / 'result.json'}, result.csv, effects.png ({result.runtime_s:.1f} s)")
     return 0
 
 
@@ -284,8 +295,14 @@ def build_parser() -> argparse.ArgumentParser:
                    "pass; auto: attribution, then patching on the sites it cannot rule out (default: patch)")
     p.add_argument("--steps", type=_positive("--steps"), help="denoising steps (default: the model's)")
     p.add_argument("--seeds", type=_positive("--seeds"), default=2, help="seeds per prompt pair (default: 2)")
-    p.add_argument("--batch-size", type=_positive("--batch-size"), default=8,
-                   help="prompt rows per generation, at least 2; CFG doubles them (default: 8)")
+    p.add_argument("--batch-size", type=_batch_size, default=8,
+                   help="prompt rows per generation, at least 2; CFG doubles them; 'auto': the most that fit "
+                   "in memory (a generation that runs out of memory is split and retried) (default: 8)")
+    p.add_argument("--in-batch-donor", action="store_true",
+                   help="keep the donor row in every generation also where its keys/values could be cached once "
+                   "per sample (the default for U-Nets, PixArt/SANA, AudioLDM2, Stable Audio)")
+    p.add_argument("--max-pairs", type=_positive("--max-pairs"), metavar="N",
+                   help="a seeded subset of N of the concept's pairs (the same N pairs every run)")
     p.add_argument("--guidance", type=float, help="classifier-free guidance scale (default: the model's)")
     p.add_argument("--sites", help="only these sites: indices '0-3,9' or name patterns 'up_blocks.0.*'")
     p.add_argument("--step-window", help="patch only at denoising steps a:b (default: every step)")
@@ -360,7 +377,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    if args.command in ("scan", "trace") and args.batch_size < 2:
+    if args.command in ("scan", "trace") and args.batch_size != "auto" and args.batch_size < 2:
         print(f"multiloc {args.command}: error: --batch-size must be at least 2 (the donor row and one patched row)",
               file=sys.stderr)
         return 2

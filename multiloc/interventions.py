@@ -114,10 +114,11 @@ def apply_patch(patch: Patch, tap: str, out: torch.Tensor, n_rows: int,
     """Return ``out`` (a tap output with ``copies * n_rows`` rows) with ``patch`` applied.
 
     ``n_heads`` (the site's head count) is needed for head-level patches; a ``mask`` tap (an
-    attention mask carried along with injected conditioning) changes only under ``inject``, all heads.
+    attention mask carried along with injected conditioning) changes only under ``inject`` (or ``set``, when
+    ``value`` holds it, keyed by the mask tap's path), all heads.
     """
-    if mask and patch.kind != "inject":
-        return out
+    if mask and patch.kind != "inject" and not (patch.kind == "set" and tap in patch.value):
+        return out  # a mask changes only with injected conditioning, or set along with it (a cached donor)
     total = out.shape[0]
     if total % n_rows:
         raise RuntimeError(f"tap output has {total} rows, not a multiple of the {n_rows} planned rows")

@@ -153,28 +153,46 @@ class ScanState:
     Work is keyed by sample (``"pair/seed"``) and row (``"base"``, ``"donor"``, a site name); a
     scorer's per-row records of further metrics (``records``) are kept under the same keys. A state
     written under a different configuration (its fingerprint differs) is ignored and replaced.
+
+    Process ``rank`` of a ``world`` > 1 writes its own file, ``.scan-state.RANK.json``; every state file
+    in the directory is read back and merged, so a scan resumes under any number of processes.
+
+    >>> state = ScanState("out", {"steps": 10}); state.get("0/0")["base"] = 0.5; state.flush()
     """
 
     FILE = ".scan-state.json"
+    PATTERN = ".scan-state*.json"
 
-    def __init__(self, directory: str | Path | None, config: dict[str, Any]):
-        self.path = Path(directory) / self.FILE if directory is not None else None
+    def __init__(self, directory: str | Path | None, config: dict[str, Any], rank: int = 0, world: int = 1):
+        self.directory = Path(directory) if directory is not None else None
+        name = self.FILE if world == 1 else f".scan-state.{rank}.json"
+        self.path = self.directory / name if self.directory is not None else None
         self.fingerprint = hashlib.sha256(json.dumps(config, sort_keys=True, default=str).encode()).hexdigest()
         self.samples: dict[str, dict[str, float]] = {}
         self.records: dict[str, dict[str, Any]] = {}
-        self.resumed = 0
-        if self.path and self.path.exists():
+        self.computed = 0  # rows this process scored in this run (not resumed ones)
+        for path in self._files():
             try:
-                data = json.loads(self.path.read_text())
+                data = json.loads(path.read_text())
             except (OSError, ValueError):
                 data = {}
             if data.get("fingerprint") == self.fingerprint:
-                self.samples = data.get("samples", {})
-                self.records = data.get("records", {})
-                self.resumed = sum(len(v) for v in self.samples.values())
+                self.merge([(data.get("samples", {}), data.get("records", {}))])
+        self.resumed = sum(len(v) for v in self.samples.values())
+
+    def _files(self) -> list[Path]:
+        return sorted(self.directory.glob(self.PATTERN)) if self.directory is not None else []
 
     def get(self, sample: str) -> dict[str, float]:
         return self.samples.setdefault(sample, {})
+
+    def merge(self, parts: list[tuple[dict[str, dict[str, float]], dict[str, dict[str, Any]]]]) -> None:
+        """Add (samples, records) finished elsewhere (another process, another state file)."""
+        for samples, records in parts:
+            for sample, rows in samples.items():
+                self.get(sample).update(rows)
+            for sample, rows in records.items():
+                self.records.setdefault(sample, {}).update(rows)
 
     def flush(self) -> None:
         if self.path is not None:
@@ -182,5 +200,6 @@ class ScanState:
                                                 "records": self.records}))
 
     def clear(self) -> None:
-        if self.path is not None:
-            self.path.unlink(missing_ok=True)
+        """Remove every state file of the directory (all processes' files: call it once, at the end)."""
+        for path in self._files():
+            path.unlink(missing_ok=True)

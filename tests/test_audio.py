@@ -223,3 +223,15 @@ def test_scan_cli_end_to_end_on_a_saved_pipeline(tmp_path, tiny_clap_dir, capsys
     assert "base.wav" in wavs and "donor.wav" in wavs and any(w.startswith("top-site") for w in wavs)
     data, rate = soundfile.read(out / "samples" / "base.wav")
     assert rate == 16000 and data.ndim == 1 and len(data) == 256
+
+
+def test_ace_step_variants_in_the_registry():
+    """The ACE-Step 1.5 variants diffusers documents, with their defaults (turbo: no CFG, 8 steps)."""
+    from multiloc.registry import model_spec
+
+    turbo = model_spec("ace-step-turbo")
+    assert turbo["defaults"]["steps"] == 8 and turbo["defaults"]["guidance"] == 1.0 and turbo["defaults"]["shift"] == 3.0
+    assert turbo["hub_id"] == "ACE-Step/acestep-v15-xl-turbo-diffusers"
+    for name in ("ace-step", "ace-step-sft", "ace-step-xl-base"):
+        spec = model_spec(name)
+        assert spec["adapter"] == "ace-step" and spec["defaults"]["guidance"] == 7.0 and spec["defaults"]["steps"] == 50

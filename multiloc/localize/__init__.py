@@ -19,6 +19,8 @@ Example::
 
 from __future__ import annotations
 
+import dataclasses
+import random
 import time
 from collections.abc import Sequence
 from functools import partial
@@ -29,15 +31,17 @@ import numpy as np
 
 from .. import stats
 from ..concepts import Concept
+from ..distributed import processes
 from ..errors import UserError
 from ..interventions import Patch, StepWindow
 from ..media import save_output
+from ..memory import peak_memory_mb
 from ..model import Model, load
 from ..results import Result, ScanState, SiteEffect
 from ..scorers import Scorer, get_scorer
 from ..sites import select_sites
 from .patch import single_site_rows
-from .sweep import Row, Unit, evaluate, join
+from .sweep import Row, Unit, chunks, evaluate, join
 
 METHODS = ("patch", "contribution", "trace", "attribution", "auto")
 SEARCHES = ("greedy", "window")
@@ -72,13 +76,14 @@ def scorer_for(model: Model, concept: Concept, scorer: str | Scorer | None = Non
 
 
 def scan(model: Model | Any, concept: Concept | str, method: str = "patch", *, seeds: int = 2,
-         steps: int | None = None, guidance: float | None = None, batch_size: int = 8,
+         steps: int | None = None, guidance: float | None = None, batch_size: int | str = 8,
          sites: str | Sequence[str] | None = None, step_window: str | StepWindow | None = None,
          scorer: Scorer | str | None = None, out: str | Path | None = None, progress: bool = True,
          samples: bool = True, n_boot: int = 1000, heads: str | Sequence[int] | None = None,
          adaptive: bool = False, search: str | None = None, window_size: int = 3, tau: float = 0.9,
          step_map: int = 0, control: int = 0, stream: str | None = None,
-         scorer_options: dict[str, Any] | None = None) -> Result:
+         scorer_options: dict[str, Any] | None = None, max_pairs: int | None = None,
+         cached_donor: bool = True) -> Result:
     """Localize ``concept`` in ``model``.
 
     Args:
@@ -89,6 +94,14 @@ def scan(model: Model | Any, concept: Concept | str, method: str = "patch", *, s
         seeds: seeds per prompt pair (samples = pairs x seeds).
         steps, guidance: denoising steps and CFG scale (default: the model's settings).
         batch_size: prompt rows per generation (CFG doubles them inside the pipeline); at least 2.
+            ``"auto"``: every row of a sample in one generation, split in two (and retried) while it does
+            not fit in memory; the most rows that fit are kept for the rest of the scan. A generation
+            that runs out of memory is split like this under any batch size, losing no rows.
+        max_pairs: a seeded subset of this many of the concept's pairs (the same subset every run).
+        cached_donor: where the family's conditioning does not depend on the step (pure cross-attention:
+            U-Nets, PixArt/SANA, AudioLDM2, Stable Audio, ACE-Step), capture the donor's keys/values once
+            per sample and leave the donor row out of the sweep's generations; ``False``, or a joint-
+            attention family (SD3, FLUX): the donor rides along in every generation.
         sites: restrict to some sites (indices ``"0-3,9"`` or name patterns); default all.
         step_window: patch only at steps ``"a:b"``.
         scorer: overrides the concept's scorer.
@@ -117,7 +130,10 @@ def scan(model: Model | Any, concept: Concept | str, method: str = "patch", *, s
         raise UserError(f"unknown method {method!r}; known: {', '.join(METHODS)}")
     if search is not None and search not in SEARCHES:
         raise UserError(f"unknown search {search!r}; known: {', '.join(SEARCHES)}")
-    for label, value, least in (("seeds", seeds, 1), ("batch size", batch_size, 2), ("steps", steps, 1),
+    if batch_size != "auto" and not isinstance(batch_size, int):
+        raise UserError(f"batch size is a number of prompt rows or 'auto', got {batch_size!r}")
+    for label, value, least in (("seeds", seeds, 1), ("batch size", None if batch_size == "auto" else batch_size, 2),
+                                ("max pairs", max_pairs, 1), ("steps", steps, 1),
                                 ("window size", window_size, 1), ("step map", step_map, 0),
                                 ("control", control, 0)):
         if value is not None and value < least:
@@ -128,6 +144,9 @@ def scan(model: Model | Any, concept: Concept | str, method: str = "patch", *, s
         model = load(model)
     if not isinstance(concept, Concept):
         concept = Concept.load(concept)
+    if max_pairs is not None and max_pairs < len(concept.pairs):
+        keep = sorted(random.Random(0).sample(range(len(concept.pairs)), max_pairs))
+        concept = dataclasses.replace(concept, pairs=[concept.pairs[i] for i in keep])
     scorer = scorer_for(model, concept, scorer, scorer_options)
     try:
         window = step_window if isinstance(step_window, StepWindow) else StepWindow.parse(step_window)
@@ -145,27 +164,41 @@ def scan(model: Model | Any, concept: Concept | str, method: str = "patch", *, s
             why = "head-level units" if heads is not None else "sites that declare no value taps"
             warnings.append(f"contribution cannot score {why}; fell back to the patch method")
             method = "patch"
-    config = {"seeds": seeds, "steps": steps, "guidance": guidance, "batch_size": batch_size,
+    config = {"seeds": seeds, "steps": steps, "guidance": guidance, "batch_size": batch_size, "max_pairs": max_pairs,
               "step_window": [window.start, window.end], "scorer": scorer.name, "stream": stream,
               "sites": [s.name for s in chosen], "pairs": len(concept.pairs),
               "heads": heads if heads is None or isinstance(heads, str) else sorted({int(h) for h in heads}),
               "adaptive": adaptive, "search": search, "step_map": step_map, "control": control,
+              "donor": "cached" if cached_donor and model.adapter.cached_donor else "in-batch",
               "device": str(model.device), "dtype": str(next(model.denoiser.parameters()).dtype)}
     # What the resumable scores depend on (not batching, seeds count or extras: those reuse rows).
     identity = {k: config[k] for k in ("steps", "guidance", "step_window", "scorer")}
     identity.update(model=model.name, method=method, pairs=[vars(p) for p in concept.pairs], target=concept.target)
-    state = ScanState(out, identity)
+    group = processes()
+    state = ScanState(out, identity, group.rank, group.world)
+    if group.world > 1:
+        # Every process starts from what any of them found (no shared filesystem needed), and all have
+        # read before any writes: they share out the same pending work.
+        state.merge(group.gather((state.samples, state.records)))
+        state.resumed = sum(len(v) for v in state.samples.values())
     seed_ids = range(seeds)
     units = _units(model, concept, method, seed_ids)
-    run = partial(evaluate, model, scorer, steps=steps, guidance=guidance, batch_size=batch_size,
-                  window=window, state=state, progress=progress)
+    size = len(rows) + 2 if batch_size == "auto" else batch_size  # auto: one generation per sample, split to fit
+    generations = len(units) * len(chunks(len(rows), size))
+    if group.world > generations and method != "contribution":
+        warnings.append(f"{group.world} processes share {generations} generations: "
+                        f"{group.world - generations} of them had nothing to do")
+    fits: dict[str, int] = {}  # the most prompt rows per generation that fit in memory, once one did not
+    donors: dict[str, Any] | None = {} if cached_donor else None  # the donor's taps (and output), once per sample
+    run = partial(evaluate, model, scorer, steps=steps, guidance=guidance, batch_size=size,
+                  window=window, state=state, progress=progress, fits=fits, donors=donors)
     extra: dict[str, Any] = {}
 
     if method == "contribution":
         from .contribution import contribution_scores
 
         raw = contribution_scores(model, concept, chosen, seeds=seed_ids, steps=steps, guidance=guidance,
-                                  batch_size=batch_size, progress=progress)
+                                  batch_size=size, progress=progress)
         top = float(np.max(raw.mean(axis=0))) or 1.0
         eff, ci = raw.mean(axis=0) / top, stats.bootstrap_mean_ci(raw / top, n_boot=n_boot)
         extra["contribution"] = {"raw": raw.mean(axis=0).tolist(), "per_sample": raw.tolist()}
@@ -233,11 +266,16 @@ def scan(model: Model | Any, concept: Concept | str, method: str = "patch", *, s
 
         leaders = [by_key[k] for k in (result.selected or result.ranking[:3])]
         result.extra["step_map"] = map_steps(partial(run, units, desc="step map"), leaders, steps, step_map)
-    if out is not None and samples and chosen:
+    if out is not None and samples and chosen and group.main:
         result.extra["sample_files"] = _write_samples(model, concept, result, by_key, Path(out), steps,
                                                       guidance, window)
+    # Every process scored its share of the rows; the results are the same on every process.
+    peaks = group.gather(peak_memory_mb(model.device))
+    config.update(processes=group.world, rows_per_process=group.gather(state.computed),
+                  rows_per_generation_fit=fits.get("rows"),
+                  peak_memory_mb={"kind": peaks[0]["kind"], "per_process": [p["mb"] for p in peaks]})
     result.runtime_s = time.perf_counter() - start
-    if out is not None:
+    if out is not None and group.main:
         result.save(out)
         state.clear()
     return result
