@@ -38,7 +38,7 @@ MAX_MEDIA = 24  # per control result: enough to see, small enough to open
 CSS = """
 body{font:14px/1.45 system-ui,sans-serif;margin:1.2em;color:#222;background:#fff}
 h1{font-size:1.3em}h2{font-size:1.15em;margin:.2em 0}h3{font-size:1em;margin:1.1em 0 .3em}
-.grid{display:grid;gap:1.5em}.col{min-width:0;border-top:3px solid #3465a4;padding-top:.4em}
+.grid{display:grid;gap:1.5em}.col{min-width:0;overflow-x:auto;border-top:3px solid #3465a4;padding-top:.4em}
 table{border-collapse:collapse;font-size:.9em}td,th{padding:1px 6px;text-align:right;white-space:nowrap}
 th{border-bottom:1px solid #999}td.l,th.l{text-align:left}tr.sel td{font-weight:600}
 .bar{display:inline-block;height:9px;background:#3465a4;vertical-align:middle}
