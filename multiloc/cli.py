@@ -262,8 +262,13 @@ POOLED_HELP = ("also make the pooled text embedding a site of its own, kind 'poo
                "by default it stays on the base prompt")
 
 
+# multiloc.localize.METHODS (tests/test_report.py checks they agree), spelled out here because importing
+# multiloc.localize loads torch; a step towards a torch-free `--help` (multiloc.control's package
+# import still loads it).
+METHODS = ("patch", "contribution", "trace")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    from .localize import METHODS
     from .scorers import scorer_names
 
     parser = _Parser(prog="multiloc", description="Find the few layers of a generative model that "

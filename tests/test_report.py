@@ -105,3 +105,10 @@ def test_cli_compare_and_report_errors(tmp_path, capsys):
     assert main(["report", str(tmp_path / "c")]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 2 and all(line.startswith("multiloc ") for line in err)
+
+
+def test_cli_methods_match_localize():
+    from multiloc import cli
+    from multiloc.localize import METHODS
+
+    assert cli.METHODS == METHODS
