@@ -78,8 +78,14 @@ def test_side_by_side_and_control_results(tmp_path):
     b.mkdir()
     (b / "edit.json").write_text('{"summary": {"uce": {"ssim": 0.9, "removed": 0.1, "n": 2}}, "files": [], '
                                  '"notes": ["no scorer"]}')
+    import torch
+    from safetensors.torch import save
+
+    (b / "edit.safetensors").write_bytes(save({"w": torch.zeros(1)}, metadata={
+        "format": "multiloc.weights/1", "kind": "uce", "sites": f'["{NAMES[2]}"]', "original": "{}"}))
     html = render([a, b])
     assert "repeat(2," in html and "Edit (edit.json)" in html and "0.900" in html and "no scorer" in html
+    assert "Weight file edit.safetensors" in html and "uce" in html
 
 
 def test_block_of_lays_out_unets_and_dits():
