@@ -76,14 +76,12 @@ def _quiet_libraries() -> None:
     warnings.filterwarnings("ignore", category=DeprecationWarning)
     for name in ("transformers", "diffusers", "huggingface_hub"):
         logging.getLogger(name).setLevel(logging.ERROR)
-    try:
-        import diffusers
-        import transformers
-
-        transformers.logging.set_verbosity_error()
-        diffusers.logging.set_verbosity_error()
-    except ImportError:
-        pass
+    # Not imported here (they load torch; `multiloc models` needs neither): both read these variables on
+    # import, and the ones already imported are told directly.
+    for name in ("transformers", "diffusers"):
+        os.environ.setdefault(f"{name.upper()}_VERBOSITY", "error")
+        if name in sys.modules:
+            sys.modules[name].logging.set_verbosity_error()
 
 
 # --- commands ---------------------------------------------------------------------------------
@@ -263,8 +261,7 @@ POOLED_HELP = ("also make the pooled text embedding a site of its own, kind 'poo
 
 
 # multiloc.localize.METHODS (tests/test_report.py checks they agree), spelled out here because importing
-# multiloc.localize loads torch; a step towards a torch-free `--help` (multiloc.control's package
-# import still loads it).
+# multiloc.localize loads torch, and `--help`, `models` and completion start without it.
 METHODS = ("patch", "contribution", "trace")
 
 

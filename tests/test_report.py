@@ -118,3 +118,14 @@ def test_cli_methods_match_localize():
     from multiloc.localize import METHODS
 
     assert cli.METHODS == METHODS
+
+
+def test_help_and_models_start_without_torch():
+    import sys
+
+    code = ("import sys, contextlib, io\nfrom multiloc.cli import main\n"
+            "with contextlib.redirect_stdout(io.StringIO()):\n    main(['models'])\n"
+            "    try:\n        main(['--help'])\n    except SystemExit:\n        pass\n"
+            "print('torch' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.stdout.strip() == "False", out.stderr
