@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml constraints.txt | cksum | cut -d' ' -f1)
 
-.PHONY: setup tesseract demo test lint bench clean
+.PHONY: setup tesseract chromium demo test lint bench clean
 
 $(STAMP): pyproject.toml constraints.txt
 	$(PY) -m venv $(VENV)
@@ -28,7 +28,20 @@ tesseract:
 	    echo "warning: install Tesseract for the OCR scorer (brew install tesseract, or your package manager)"; \
 	  fi; }
 
-setup: $(STAMP) tesseract
+# The browser the report tests render report.html with (headless), installed the same way; without it
+# those tests skip locally and fail in CI.
+chromium:
+	@command -v chromium >/dev/null 2>&1 || command -v chromium-browser >/dev/null 2>&1 || { \
+	  if command -v apt-get >/dev/null 2>&1; then \
+	    SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	    echo "installing chromium with apt-get"; \
+	    $$SUDO apt-get update -qq || true; DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq chromium >/dev/null \
+	      || echo "warning: could not install chromium; the report tests will skip"; \
+	  else \
+	    echo "warning: install Chromium for the report tests (brew install --cask chromium, or your package manager)"; \
+	  fi; }
+
+setup: $(STAMP) tesseract chromium
 
 demo: setup
 	$(BIN)/multiloc demo

@@ -1,4 +1,4 @@
-"""The ``multiloc`` command line: ``models``, ``sites``, ``scan``, ``trace``, ``demo``, ``train-toy``, and the control
+"""The ``multiloc`` command line: ``models``, ``sites``, ``scan``, ``trace``, ``report``, ``compare``, ``demo``, ``train-toy``, and the control
 commands (``generate`` ...: :mod:`multiloc.control.commands`).
 
 Errors a user can cause print one line on stderr and exit with code 2 (never a traceback).
@@ -10,6 +10,7 @@ import argparse
 import json
 import os
 import re
+import shlex
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -81,14 +82,12 @@ def _quiet_libraries() -> None:
     warnings.filterwarnings("ignore", category=DeprecationWarning)
     for name in ("transformers", "diffusers", "huggingface_hub"):
         logging.getLogger(name).setLevel(logging.ERROR)
-    try:
-        import diffusers
-        import transformers
-
-        transformers.logging.set_verbosity_error()
-        diffusers.logging.set_verbosity_error()
-    except ImportError:
-        pass
+    # Not imported here (they load torch; `multiloc models` needs neither): both read these variables on
+    # import, and the ones already imported are told directly.
+    for name in ("transformers", "diffusers"):
+        os.environ.setdefault(f"{name.upper()}_VERBOSITY", "error")
+        if name in sys.modules:
+            sys.modules[name].logging.set_verbosity_error()
 
 
 # --- commands ---------------------------------------------------------------------------------
@@ -181,7 +180,10 @@ def cmd_scan(args: argparse.Namespace) -> int:
     say(result.table())
     for line in _extras_summary(result):
         say(line)
-    say(f"wrote {out / 'result.json'}, result.csv, effects.png ({result.runtime_s:.1f} s)")
+    if group.main:
+        result.extra["command"] = shlex.join(["multiloc", *args.argv])  # for the report's "Run" section
+        result.save(out)
+    say(f"wrote {out / 'result.json'}, result.csv, effects.png, report.html ({result.runtime_s:.1f} s)")
     return 0
 
 
@@ -222,6 +224,29 @@ def cmd_train_toy(args: argparse.Namespace) -> int:
     if args.model not in TRAINERS:
         raise UserError(f"{args.model!r} is not a toy model multiloc can train; available: {', '.join(TRAINERS)}")
     TRAINERS[args.model](args.out, steps=args.steps)
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from .html_report import write_report
+
+    path = write_report(args.dirs, args.out)
+    print(f"wrote {path}")
+    return 0
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    from .compare import compare, compare_table, load_results, plot_compare
+    from .results import write_atomic
+
+    labels, results = load_results(args.results)
+    record = compare(results, labels, k=args.top)
+    print(compare_table(record))
+    if args.out:
+        out = Path(args.out)
+        write_atomic(out / "compare.json", json.dumps(record, indent=2, default=str).replace("NaN", "null") + "\n")
+        write_atomic(out / "compare.png", plot_compare(record))
+        print(f"wrote {out / 'compare.json'} and compare.png")
     return 0
 
 
@@ -267,8 +292,13 @@ POOLED_HELP = ("also make the pooled text embedding a site of its own, kind 'poo
                "by default it stays on the base prompt")
 
 
+# multiloc.localize.METHODS (tests/test_report.py checks they agree), spelled out here because importing
+# multiloc.localize loads torch, and `--help`, `models` and completion start without it.
+METHODS = ("patch", "contribution", "trace", "attribution", "auto")
+COMPONENTS = ("block", "attn", "mlp")  # multiloc.encoders.COMPONENTS (test_report checks), without torch
+
+
 def build_parser() -> argparse.ArgumentParser:
-    from .localize import METHODS
     from .scorers import scorer_names
 
     parser = _Parser(prog="multiloc", description="Find the few layers of a generative model that "
@@ -335,7 +365,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_scan)
 
     from .control.commands import model_options
-    from .encoders import COMPONENTS
 
     p = sub.add_parser("trace", help="causal tracing in a text encoder: a layers x tokens map of where the "
                        "concept is recalled (ROME / Basu et al.)")
@@ -369,6 +398,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--steps", type=_positive("--steps"), help="training steps (default: the shipped recipe's)")
     p.set_defaults(func=cmd_train_toy)
 
+    p = sub.add_parser("report", help="one self-contained HTML page of results folders (several: side by side)")
+    p.add_argument("dirs", nargs="+", metavar="DIR", help="scan or control output folders")
+    p.add_argument("--out", metavar="FILE.html", help="the page (default: DIR/report.html of the first DIR)")
+    p.set_defaults(func=cmd_report)
+
+    p = sub.add_parser("compare", help="agreement between scans: top-k overlap, Spearman rho, Jaccard of selected sets")
+    p.add_argument("results", nargs="+", metavar="RESULT", help="result.json files (or their folders), at least two")
+    p.add_argument("--top", type=_positive("--top"), default=5, help="k of the top-k overlap (default: 5)")
+    p.add_argument("--out", metavar="DIR", help="also write DIR/compare.json and DIR/compare.png")
+    p.set_defaults(func=cmd_compare)
+
     from .control.commands import add_commands
 
     add_commands(sub)
@@ -377,6 +417,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)
     if args.command in ("scan", "trace") and args.batch_size != "auto" and args.batch_size < 2:
         print(f"multiloc {args.command}: error: --batch-size must be at least 2 (the donor row and one patched row)",
               file=sys.stderr)

@@ -15,12 +15,14 @@ from __future__ import annotations
 from functools import cache
 from importlib import metadata, resources
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
 
-from .adapter import Adapter
 from .errors import UserError
+
+if TYPE_CHECKING:  # adapter.py loads torch; listing the registry does not need it
+    from .adapter import Adapter
 
 _EXTRA: dict[str, Adapter] = {}
 

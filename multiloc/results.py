@@ -43,6 +43,24 @@ def write_atomic(path: str | Path, data: str | bytes) -> None:
         raise
 
 
+def versions() -> dict[str, str]:
+    """Versions of Python and the stack a result was made with (recorded in ``result.json``).
+
+    >>> sorted(versions())[:2]
+    ['diffusers', 'multiloc']
+    """
+    import platform
+    from importlib import metadata
+
+    out = {}
+    for name in ("multiloc", "torch", "diffusers", "transformers"):
+        try:
+            out[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            pass
+    return {**out, "python": platform.python_version()}
+
+
 def _clean(x: Any) -> Any:
     """JSON-safe: NaN/inf become null."""
     if isinstance(x, float) and not math.isfinite(x):
@@ -122,7 +140,8 @@ class Result:
         return "\n".join(lines)
 
     def save(self, directory: str | Path, plot: bool = True) -> Path:
-        """Write result.json, result.csv and (``plot=True``) effects.png into ``directory``."""
+        """Write result.json, result.csv and (``plot=True``) effects.png, step_map.png and report.html
+        (:mod:`multiloc.html_report`) into ``directory``."""
         directory = Path(directory)
         write_atomic(directory / "result.json", json.dumps(self.to_dict(), indent=2) + "\n")
         write_atomic(directory / "result.csv", self.to_csv())
@@ -134,6 +153,9 @@ class Result:
                 from .report import plot_step_map
 
                 write_atomic(directory / "step_map.png", plot_step_map(self.extra["step_map"]))
+            from .html_report import write_report
+
+            write_report([directory])
         return directory
 
     @classmethod

@@ -123,6 +123,20 @@ def require_tesseract() -> None:
     pytest.skip("Tesseract is not installed (apt-get install tesseract-ocr); CI runs these tests")
 
 
+def require_chromium() -> str:
+    """The headless browser the report tests render with (Debian's ``chromium``, installed by make setup);
+    missing: skip on a developer's machine, fail in CI (CI=true)."""
+    import shutil
+
+    for name in ("chromium", "chromium-browser", "google-chrome"):
+        if shutil.which(name):
+            return shutil.which(name)
+    if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
+        pytest.fail("Chromium is not installed on this CI machine; the set-up (make setup) installs "
+                    "chromium, so the report tests must run here")
+    pytest.skip("Chromium is not installed (apt-get install chromium); CI runs these tests")
+
+
 @pytest.fixture(scope="session")
 def ocr_scorer():
     require_tesseract()

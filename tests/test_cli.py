@@ -53,6 +53,7 @@ def test_scan_end_to_end(tmp_path, capsys):
     assert data["config"]["batch_size"] == 4
     assert data["ranking"][0] in out.splitlines()[1]  # the table's first row is the top site
     assert (tmp_path / "result.csv").exists() and (tmp_path / "effects.png").exists()
+    assert "multiloc scan" in (tmp_path / "report.html").read_text()  # the command, in the report's Run section
 
 
 @pytest.mark.parametrize("argv, message", [

@@ -19,14 +19,47 @@ Example::
         images = multiloc.control.generate(model, ["a cat"], seeds=[0])
 """
 
-from .edit import EditRun, edit, evaluate, parse_pairs
-from .finetune import finetune
-from .generate import Lora, Steer, Weights, generate
-from .lora import lora_applied
-from .rewrite import rewrite
-from .steer import SteeringVectors, read_steering, save_steering, steering_vectors
-from .targets import published_sites, resolve_sites
-from .weights import WeightFile, applied, apply, read_weights, save_weights
+import importlib
+import sys
+import types
+from typing import Any
+
+# Imported on first use (PEP 562), so the CLI can register the control commands (commands.py) without
+# loading torch. name -> submodule defining it.
+_LAZY = {
+    "EditRun": "edit", "edit": "edit", "evaluate": "edit", "parse_pairs": "edit", "finetune": "finetune",
+    "Lora": "generate", "Steer": "generate", "Weights": "generate", "generate": "generate",
+    "lora_applied": "lora", "rewrite": "rewrite", "SteeringVectors": "steer", "read_steering": "steer",
+    "save_steering": "steer", "steering_vectors": "steer", "published_sites": "targets",
+    "resolve_sites": "targets", "WeightFile": "weights", "applied": "weights", "apply": "weights",
+    "read_weights": "weights", "save_weights": "weights",
+}
+
+
+# The projections of each site LoRA adapts by default (here, not in lora.py: `multiloc --help` shows them
+# without importing torch).
+DEFAULT_TARGETS = ("to_q", "to_k", "to_v", "to_out.0")
+
+
+class _Package(types.ModuleType):
+    """Importing the submodule ``edit`` must not hide the function ``edit`` (same for finetune, generate,
+    rewrite): the import system sets the package attribute to the submodule, which is ignored here."""
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        if name in _LAZY and isinstance(value, types.ModuleType):
+            return
+        super().__setattr__(name, value)
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _LAZY:
+        raise AttributeError(f"module 'multiloc.control' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
+    globals()[name] = value
+    return value
+
+
+sys.modules[__name__].__class__ = _Package
 
 __all__ = ["EditRun", "Lora", "Steer", "SteeringVectors", "WeightFile", "Weights", "applied", "apply", "edit",
            "evaluate", "finetune", "generate", "lora_applied", "parse_pairs", "published_sites", "read_steering",

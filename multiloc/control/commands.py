@@ -17,7 +17,7 @@ from typing import Any
 
 from ..cli import DTYPES, _positive, _settings, resolve_device, resolve_dtype
 from ..errors import UserError
-from .lora import DEFAULT_TARGETS
+from . import DEFAULT_TARGETS
 
 SITES_HELP = ("a site spec ('55-57', 'up_blocks.0.*'), or a scan's result.json (its selected set); "
               "default: the sites published for the model in its registry entry")

@@ -33,12 +33,12 @@ import torch
 from ..errors import UserError
 from ..results import write_atomic
 from ..sites import Site
+from . import DEFAULT_TARGETS  # noqa: F401  (re-exported for finetune.py)
 from .weights import _close, fingerprint
 
 ADAPTER = "multiloc"  # the PEFT adapter name multiloc attaches under
 INFO = "finetune.json"
 FORMAT = "multiloc.lora/1"
-DEFAULT_TARGETS = ("to_q", "to_k", "to_v", "to_out.0")
 PEFT_PREFIX = "base_model.model."  # what PeftModel.save_pretrained puts before the module paths
 
 

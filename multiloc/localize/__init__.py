@@ -37,7 +37,7 @@ from ..interventions import Patch, StepWindow
 from ..media import save_output
 from ..memory import peak_memory_mb
 from ..model import Model, load
-from ..results import Result, ScanState, SiteEffect
+from ..results import Result, ScanState, SiteEffect, versions
 from ..scorers import Scorer, get_scorer
 from ..sites import select_sites
 from .patch import single_site_rows
@@ -248,7 +248,10 @@ def scan(model: Model | Any, concept: Concept | str, method: str = "patch", *, s
         selected=[rows[i].key for i in picked], runtime_s=0.0, config=config,
         extra={"selection_rule": stats.SELECTION_RULE.format(rel=0.5, min_effect=0.1) + ", " + stats.CI_RULE,
                **extra,
-               "resumed_rows": state.resumed, "warnings": warnings},
+               "resumed_rows": state.resumed, "warnings": warnings, "versions": versions(),
+               # the report lays out sites per conditioning stream (AudioLDM2's two side by side)
+               **({"site_streams": {s.name: s.stream for s in chosen}}
+                  if len({s.stream for s in chosen}) > 1 else {})},
     )
     by_key = {r.key: r for r in rows}
     if search:
