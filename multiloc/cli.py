@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import re
 import shlex
@@ -44,6 +45,19 @@ def _batch_size(text: str) -> int | str:
     if text == "auto" or text.lstrip("-").isdigit():
         return "auto" if text == "auto" else _positive("--batch-size")(text)
     raise argparse.ArgumentTypeError(f"--batch-size must be a whole number or 'auto', got {text!r}")
+
+
+def number(name: str):
+    """An argparse type: a finite float, else a one-line error naming the option."""
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{name} must be a number, got {text!r}") from None
+        if not math.isfinite(value):
+            raise argparse.ArgumentTypeError(f"{name} must be a finite number, got {text!r}")
+        return value
+    return parse
 
 
 def resolve_device(text: str | None) -> Any:

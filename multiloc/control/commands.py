@@ -9,13 +9,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import re
 import sys
 from pathlib import Path
 from typing import Any
 
-from ..cli import DTYPES, _positive, _settings, resolve_device, resolve_dtype
+from ..cli import DTYPES, _positive, _settings, number, resolve_device, resolve_dtype
 from ..errors import UserError
 from . import DEFAULT_TARGETS
 
@@ -54,19 +53,6 @@ def seed_list(args: argparse.Namespace) -> list[int]:
 def seed_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=0, help="first seed (default: 0)")
     p.add_argument("--seeds", type=_positive("--seeds"), default=1, help="how many seeds, from --seed on (default: 1)")
-
-
-def number(name: str):
-    """An argparse type: a finite float, else a one-line error naming the option."""
-    def parse(text: str) -> float:
-        try:
-            value = float(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"{name} must be a number, got {text!r}") from None
-        if not math.isfinite(value):
-            raise argparse.ArgumentTypeError(f"{name} must be a finite number, got {text!r}")
-        return value
-    return parse
 
 
 # --- generate ---------------------------------------------------------------------------------
