@@ -11,6 +11,7 @@ import torch
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # tests never reach for the hub
 
 import multiloc  # noqa: E402
+from multiloc.scorers.reference import ReferenceScorer  # noqa: E402
 
 TINY_IMAGE = ("tiny-sd", "tiny-sdxl", "tiny-if")
 
@@ -155,3 +156,16 @@ def render_word(word: str, size: tuple[int, int] = (160, 64), font_size: int = 2
     ImageDraw.Draw(img).text((size[0] // 2, size[1] // 2), word, fill="black",
                              font=ImageFont.load_default(size=font_size), anchor="mm")
     return np.asarray(img, dtype=np.float32) / 255
+
+
+class Exploding(ReferenceScorer):
+    """Raises on its n-th call: a scan that dies midway."""
+
+    def __init__(self, n: int) -> None:
+        self.calls, self.n = 0, n
+
+    def score(self, outputs, targets):
+        self.calls += 1
+        if self.calls == self.n:
+            raise RuntimeError("boom")
+        return super().score(outputs, targets)

@@ -18,7 +18,8 @@ import torch
 import multiloc
 from multiloc.distributed import Processes
 from multiloc.results import ScanState
-from multiloc.scorers.reference import ReferenceScorer
+
+from .conftest import Exploding
 
 CONCEPT = {"name": "colour", "scorer": "reference",
            "pairs": [["a red cube", "a blue cube"], ["a green ball", "a yellow ball"]]}
@@ -56,17 +57,6 @@ def same(a: multiloc.Result, b: multiloc.Result) -> None:
     assert a.ranking == b.ranking and a.selected == b.selected
 
 
-class _Exploding(ReferenceScorer):
-    def __init__(self, n: int) -> None:
-        self.calls, self.n = 0, n
-
-    def score(self, outputs, targets):
-        self.calls += 1
-        if self.calls == self.n:
-            raise RuntimeError("boom")
-        return super().score(outputs, targets)
-
-
 def test_share_covers_the_work_once():
     parts = [Processes(r, 3).share(list(range(10))) for r in range(3)]
     assert sorted(sum(parts, [])) == list(range(10)) and parts[0] == [0, 3, 6, 9]
@@ -93,7 +83,7 @@ def test_state_files_of_all_processes_merge(tmp_path):
 def test_two_processes_resume_one_and_match_it(tmp_path, concept_file, reference, one_thread):
     """1 -> 2: a one-process run dies; the CLI under torchrun finishes it without redoing a row."""
     with pytest.raises(RuntimeError):
-        multiloc.scan("tiny-sd", str(concept_file), out=tmp_path, scorer=_Exploding(3), **SCAN)
+        multiloc.scan("tiny-sd", str(concept_file), out=tmp_path, scorer=Exploding(3), **SCAN)
     kept = sum(map(len, json.loads((tmp_path / ".scan-state.json").read_text())["samples"].values()))
     run = torchrun("-m", "multiloc", "scan", "--model", "tiny-sd", "--concept", str(concept_file), "--seeds", "1",
                    "--steps", "3", "--batch-size", "3", "--device", "cpu", "--quiet", "--out", str(tmp_path))

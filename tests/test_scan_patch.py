@@ -8,9 +8,8 @@ import torch
 
 import multiloc
 from multiloc.localize.sweep import chunks
-from multiloc.scorers.reference import ReferenceScorer
 
-from .conftest import plant
+from .conftest import Exploding, plant
 
 
 def test_planted_site_ranks_first(tiny_image, colour):
@@ -61,24 +60,11 @@ def test_scan_leaves_model_unchanged(tiny_image, colour):
     np.testing.assert_array_equal(tiny_image.generate(["a red cube"], steps=3)[0], out_before)
 
 
-class _Exploding(ReferenceScorer):
-    """Raises on its n-th call: a scan that dies midway."""
-
-    def __init__(self, n: int) -> None:
-        self.calls, self.n = 0, n
-
-    def score(self, outputs, targets):
-        self.calls += 1
-        if self.calls == self.n:
-            raise RuntimeError("boom")
-        return super().score(outputs, targets)
-
-
 def test_scan_that_raises_leaves_model_unchanged(tiny_sd, colour):
     before = _snapshot(tiny_sd)
     out_before = tiny_sd.generate(["a red cube"], steps=3)[0]
     with pytest.raises(RuntimeError, match="boom"):
-        multiloc.scan(tiny_sd, colour, seeds=1, steps=3, batch_size=3, scorer=_Exploding(2), progress=False)
+        multiloc.scan(tiny_sd, colour, seeds=1, steps=3, batch_size=3, scorer=Exploding(2), progress=False)
     assert _hook_count(tiny_sd) == 0
     assert all(torch.equal(before[k], v) for k, v in tiny_sd.denoiser.state_dict().items())
     np.testing.assert_array_equal(tiny_sd.generate(["a red cube"], steps=3)[0], out_before)
@@ -98,7 +84,7 @@ def test_exception_inside_generation_removes_hooks(tiny_sd):
 def test_interrupted_scan_resumes(tmp_path, tiny_sd, colour):
     full = multiloc.scan(tiny_sd, colour, seeds=1, steps=3, batch_size=3, progress=False, samples=False)
     with pytest.raises(RuntimeError):
-        multiloc.scan(tiny_sd, colour, seeds=1, steps=3, batch_size=3, scorer=_Exploding(4),
+        multiloc.scan(tiny_sd, colour, seeds=1, steps=3, batch_size=3, scorer=Exploding(4),
                       out=tmp_path, progress=False, samples=False)
     assert (tmp_path / ".scan-state.json").exists() and not (tmp_path / "result.json").exists()
     resumed = multiloc.scan(tiny_sd, colour, seeds=1, steps=3, batch_size=3, out=tmp_path,
